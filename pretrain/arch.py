@@ -1,0 +1,187 @@
+"""The architecture value object: the only way to describe a GrowCLIP model.
+
+Every checkpoint stores it (as a plain dict). Growth maps one Architecture to another. Field names follow
+../docs/growclip-method.md: vision, text, shared towers plus the joint embedding width.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ArchitectureError(ValueError):
+    """An architecture that cannot be built; the message names the offending field."""
+
+
+@dataclass(frozen=True)
+class VisionTower:
+    layers: int = 12
+    width: int = 768
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    patch: int = 32
+    image_size: int = 224
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def tokens(self) -> int:
+        return self.grid * self.grid + 1  # patches + class token
+
+
+@dataclass(frozen=True)
+class TextTower:
+    layers: int = 12
+    width: int = 512
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    vocab: int = 49408
+    context: int = 77
+
+
+@dataclass(frozen=True)
+class SharedEncoder:
+    """Blocks with one set of weights, applied after each tower. layers = 0 means plain CLIP."""
+    layers: int = 0
+    width: int = 512
+    heads: int = 8
+    mlp_ratio: float = 4.0
+
+
+def mlp_hidden(width: int, mlp_ratio: float) -> int:
+    return int(width * mlp_ratio)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    vision: VisionTower = field(default_factory=VisionTower)
+    text: TextTower = field(default_factory=TextTower)
+    shared: SharedEncoder = field(default_factory=SharedEncoder)
+    embed_dim: int = 512
+
+    def __post_init__(self):
+        self.validate()
+
+    # ---- validation -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def positive(prefix, obj, names):
+            for n in names:
+                v = getattr(obj, n)
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                    raise ArchitectureError(f"{prefix}.{n} must be a positive number, got {v!r}")
+
+        positive("vision", self.vision, ("layers", "width", "heads", "mlp_ratio", "patch", "image_size"))
+        positive("text", self.text, ("layers", "width", "heads", "mlp_ratio", "vocab", "context"))
+        positive("shared", self.shared, ("width", "heads", "mlp_ratio"))
+        if self.shared.layers < 0:
+            raise ArchitectureError(f"shared.layers must be >= 0, got {self.shared.layers}")
+        if self.embed_dim <= 0:
+            raise ArchitectureError(f"embed_dim must be positive, got {self.embed_dim}")
+        for name, t in (("vision", self.vision), ("text", self.text), ("shared", self.shared)):
+            if t.width % t.heads:
+                raise ArchitectureError(f"{name}.width={t.width} is not divisible by {name}.heads={t.heads}")
+            if mlp_hidden(t.width, t.mlp_ratio) < 1:
+                raise ArchitectureError(f"{name}.mlp_ratio={t.mlp_ratio} gives an empty MLP")
+        if self.vision.image_size % self.vision.patch:
+            raise ArchitectureError(
+                f"vision.patch={self.vision.patch} does not divide vision.image_size={self.vision.image_size}")
+
+    # ---- derived sizes ----------------------------------------------------------------------------
+    @property
+    def vision_out_width(self) -> int:
+        """Width of the image tokens that ln_post/proj see (shared width when a shared encoder runs)."""
+        return self.shared.width if self.shared.layers else self.vision.width
+
+    @property
+    def text_out_width(self) -> int:
+        return self.shared.width if self.shared.layers else self.text.width
+
+    def flops_per_sample(self) -> float:
+        """Forward FLOPs (multiply-add = 2) of one image-text pair; training is about 3x this."""
+        def blocks(layers, width, mlp_ratio, n, heads_causal=False):
+            per_token = 2 * (4 * width * width + 2 * width * mlp_hidden(width, mlp_ratio))
+            attn = 2 * 2 * n * n * width * (0.5 if heads_causal else 1.0)
+            return layers * (n * per_token + attn)
+
+        v, t, s = self.vision, self.text, self.shared
+        f = blocks(v.layers, v.width, v.mlp_ratio, v.tokens)
+        f += 2 * (v.grid ** 2) * (3 * v.patch * v.patch) * v.width
+        f += blocks(t.layers, t.width, t.mlp_ratio, t.context, True)
+        if s.layers:
+            f += blocks(s.layers, s.width, s.mlp_ratio, v.tokens)
+            f += blocks(s.layers, s.width, s.mlp_ratio, t.context, True)
+            f += 2 * v.tokens * v.width * s.width * (v.width != s.width)
+            f += 2 * t.context * t.width * s.width * (t.width != s.width)
+        f += 2 * (self.vision_out_width + self.text_out_width) * self.embed_dim
+        return float(f)
+
+    # ---- (de)serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "architecture") -> "Architecture":
+        if not isinstance(d, dict):
+            raise ArchitectureError(f"{source}: expected a mapping, got {type(d).__name__}")
+        parts = {"vision": VisionTower, "text": TextTower, "shared": SharedEncoder}
+        unknown = set(d) - set(parts) - {"embed_dim"}
+        if unknown:
+            raise ArchitectureError(f"{source}: unknown key(s) {sorted(unknown)}; expected {sorted(parts)} + embed_dim")
+        kwargs = {}
+        for key, typ in parts.items():
+            sub = d.get(key, {})
+            if not isinstance(sub, dict):
+                raise ArchitectureError(f"{source}: '{key}' must be a mapping")
+            allowed = {f.name for f in dataclasses.fields(typ)}
+            bad = set(sub) - allowed
+            if bad:
+                raise ArchitectureError(f"{source}: unknown key(s) {sorted(f'{key}.{b}' for b in bad)}")
+            kwargs[key] = typ(**sub)
+        if "embed_dim" in d:
+            kwargs["embed_dim"] = d["embed_dim"]
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Architecture":
+        """Load from YAML or JSON. A run config with a top-level 'model' key is accepted too."""
+        path = Path(path)
+        if not path.is_file():
+            raise ArchitectureError(f"{path}: no such architecture file")
+        d = load_mapping(path)
+        if "model" in d and "vision" not in d:
+            d = d["model"]
+        return cls.from_dict(d, source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        text = (json.dumps(self.to_dict(), indent=2) if path.suffix == ".json"
+                else _yaml().safe_dump(self.to_dict(), sort_keys=False))
+        path.write_text(text)
+
+    def replace(self, **changes) -> "Architecture":
+        return dataclasses.replace(self, **changes)
+
+
+def _yaml():
+    import yaml
+    return yaml
+
+
+def load_mapping(path: Path) -> dict:
+    """Read a YAML/JSON file into a dict, with an error that names the file."""
+    try:
+        text = path.read_text()
+        d = json.loads(text) if path.suffix == ".json" else _yaml().safe_load(text)
+    except Exception as e:  # noqa: BLE001 - reported with the file name
+        raise ArchitectureError(f"{path}: cannot parse ({e})") from e
+    if not isinstance(d, dict):
+        raise ArchitectureError(f"{path}: expected a mapping at the top level")
+    return d
+
+
+LOG_100 = math.log(100.0)

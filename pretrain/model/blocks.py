@@ -1,0 +1,75 @@
+"""Pre-LN transformer blocks with OpenCLIP's parameter names (attn.in_proj_weight, mlp.c_fc, ...)."""
+import torch
+from torch import nn
+
+from .attention import attention
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection laid out [q; k; v] like nn.MultiheadAttention."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        b, n, w = x.shape
+        qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v, causal)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, w))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int, heads: int, hidden: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, hidden)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks; `resblocks.{i}` matches OpenCLIP's names."""
+
+    def __init__(self, width: int, layers: int, heads: int, hidden: int):
+        super().__init__()
+        self.resblocks = nn.ModuleList([ResidualBlock(width, heads, hidden) for _ in range(layers)])
+        init_blocks(self.resblocks, width, layers)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        for block in self.resblocks:
+            x = block(x, causal)
+        return x
+
+
+def init_blocks(blocks, width: int, layers: int) -> None:
+    """OpenCLIP's text-tower initialisation, used for every stack (depth-scaled residual projections)."""
+    proj_std = (width ** -0.5) * ((2 * max(layers, 1)) ** -0.5)
+    attn_std = width ** -0.5
+    fc_std = (2 * width) ** -0.5
+    for block in blocks:
+        nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+        nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)

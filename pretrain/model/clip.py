@@ -1,0 +1,62 @@
+"""GrowCLIP: an OpenCLIP-compatible dual encoder with an optional shared encoder.
+
+Parameter names equal OpenCLIP's: `visual.*`, and the text tower at the top level (`token_embedding`,
+`positional_embedding`, `transformer.*`, `ln_final`, `text_projection`), plus `logit_scale`. The shared
+encoder adds `shared.*`, which OpenCLIP does not have. Pooling and projections run after the shared encoder.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..arch import LOG_100, Architecture, mlp_hidden
+from .blocks import Transformer
+from .towers import SharedEncoder, VisionTower
+
+
+class CLIP(nn.Module):
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        self.visual = VisionTower(arch)
+        t = arch.text
+        self.token_embedding = nn.Embedding(t.vocab, t.width)
+        self.positional_embedding = nn.Parameter(torch.empty(t.context, t.width))
+        self.transformer = Transformer(t.width, t.layers, t.heads, mlp_hidden(t.width, t.mlp_ratio))
+        self.ln_final = nn.LayerNorm(arch.text_out_width)
+        self.text_projection = nn.Parameter(arch.text_out_width ** -0.5 * torch.randn(arch.text_out_width, arch.embed_dim))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        self.shared = SharedEncoder(arch) if arch.shared.layers else None
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    # text tower pieces, named so pipeline stages can call them
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(text) + self.positional_embedding
+
+    def pool_text(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        # end-of-text is the largest token id (tokenizer contract), so argmax finds it, as in OpenCLIP
+        x = self.ln_final(x)
+        return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)] @ self.text_projection
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.visual.transformer(self.visual.embed(image), causal=False)
+        if self.shared is not None:
+            x = self.shared(x, "image")
+        x = self.visual.pool(x)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.transformer(self.embed_text(text), causal=True)
+        if self.shared is not None:
+            x = self.shared(x, "text")
+        x = self.pool_text(x, text)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped at 100 (the clamp is in the forward, so it holds at every layout)."""
+        return self.logit_scale.clamp(max=LOG_100).exp()
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor):
+        return self.encode_image(image, normalize=True), self.encode_text(text, normalize=True), self.scale()

@@ -1,0 +1,95 @@
+"""OpenCLIP interop. Our canonical parameter names ARE OpenCLIP's, so import/export is a key check plus
+shape inference; nothing is renamed. `open_clip` itself is only imported by `to_openclip_model`.
+"""
+import re
+
+import torch
+
+from ..arch import Architecture, ArchitectureError, SharedEncoder, TextTower, VisionTower
+from .clip import CLIP
+
+HEAD_WIDTH = 64  # OpenCLIP's default head width for both towers
+
+
+def arch_from_openclip_config(cfg: dict) -> Architecture:
+    """Architecture from an OpenCLIP model config (open_clip.get_model_config(name))."""
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    vw, tw = v["width"], t["width"]
+    return Architecture(
+        vision=VisionTower(layers=v["layers"], width=vw, heads=v.get("heads", vw // v.get("head_width", HEAD_WIDTH)),
+                           mlp_ratio=v.get("mlp_ratio", 4.0), patch=v["patch_size"], image_size=v["image_size"]),
+        text=TextTower(layers=t["layers"], width=tw, heads=t.get("heads", tw // HEAD_WIDTH),
+                       mlp_ratio=t.get("mlp_ratio", 4.0), vocab=t["vocab_size"], context=t["context_length"]),
+        shared=SharedEncoder(layers=0, width=tw, heads=t.get("heads", tw // HEAD_WIDTH)),
+        embed_dim=cfg["embed_dim"])
+
+
+def openclip_config(arch: Architecture) -> dict:
+    """The OpenCLIP model config that builds the same network (plain CLIP only)."""
+    if arch.shared.layers:
+        raise ArchitectureError(f"shared.layers={arch.shared.layers}: OpenCLIP has no shared encoder, cannot export")
+    v, t = arch.vision, arch.text
+    return {"embed_dim": arch.embed_dim,
+            "vision_cfg": {"image_size": v.image_size, "layers": v.layers, "width": v.width,
+                           "head_width": v.width // v.heads, "mlp_ratio": v.mlp_ratio, "patch_size": v.patch},
+            "text_cfg": {"context_length": t.context, "vocab_size": t.vocab, "width": t.width, "heads": t.heads,
+                         "layers": t.layers, "mlp_ratio": t.mlp_ratio}}
+
+
+def _count_blocks(keys, prefix: str) -> int:
+    found = {int(m.group(1)) for k in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return max(found) + 1 if found else 0
+
+
+def arch_from_state_dict(sd: dict, vision_heads: int | None = None, text_heads: int | None = None) -> Architecture:
+    """Infer a plain-CLIP architecture from OpenCLIP tensor shapes (heads default to width / 64)."""
+    try:
+        conv = sd["visual.conv1.weight"]
+        vw, patch = conv.shape[0], conv.shape[-1]
+        grid = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
+        tw = sd["token_embedding.weight"].shape[1]
+        vhid = sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+        thid = sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+        return Architecture(
+            vision=VisionTower(layers=_count_blocks(sd, "visual.transformer.resblocks."), width=vw,
+                               heads=vision_heads or vw // HEAD_WIDTH, mlp_ratio=vhid / vw, patch=patch,
+                               image_size=grid * patch),
+            text=TextTower(layers=_count_blocks(sd, "transformer.resblocks."), width=tw,
+                           heads=text_heads or tw // HEAD_WIDTH, mlp_ratio=thid / tw,
+                           vocab=sd["token_embedding.weight"].shape[0], context=sd["positional_embedding"].shape[0]),
+            shared=SharedEncoder(layers=0, width=tw, heads=text_heads or tw // HEAD_WIDTH),
+            embed_dim=sd["text_projection"].shape[1])
+    except KeyError as e:
+        raise ArchitectureError(f"OpenCLIP state dict lacks {e.args[0]!r}") from e
+
+
+def import_openclip(state_dict: dict, arch: Architecture | None = None) -> CLIP:
+    """A CLIP holding OpenCLIP weights. Keys must match exactly (OpenCLIP's non-persistent buffers aside)."""
+    state_dict = {k: v for k, v in state_dict.items() if k != "attn_mask"}
+    arch = arch or arch_from_state_dict(state_dict)
+    model = CLIP(arch)
+    ours = model.state_dict()
+    missing, unexpected = sorted(set(ours) - set(state_dict)), sorted(set(state_dict) - set(ours))
+    if missing or unexpected:
+        raise ArchitectureError(f"OpenCLIP state dict does not match {arch}: missing {missing[:5]}, "
+                                f"unexpected {unexpected[:5]}")
+    for k, v in state_dict.items():
+        if v.shape != ours[k].shape:
+            raise ArchitectureError(f"OpenCLIP tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(ours[k].shape)}")
+    model.load_state_dict(state_dict)
+    return model
+
+
+def export_openclip(model: CLIP) -> dict[str, torch.Tensor]:
+    """OpenCLIP state dict of a plain-CLIP model (a shared encoder cannot be expressed in OpenCLIP)."""
+    openclip_config(model.arch)  # raises for a shared encoder
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def to_openclip_model(model: CLIP):
+    """An `open_clip.model.CLIP` with our weights (needs open_clip_torch installed)."""
+    from open_clip.model import CLIP as OpenCLIP
+    cfg = openclip_config(model.arch)
+    oc = OpenCLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"])
+    oc.load_state_dict(export_openclip(model), strict=True)
+    return oc
