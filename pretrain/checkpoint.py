@@ -1,0 +1,120 @@
+"""The checkpoint contract: DeepSpeed's `save_checkpoint` plus our client state, written atomically.
+
+Layout of a run: `OUT/checkpoints/<tag>/` (DeepSpeed files + tokenizer.model) and `OUT/checkpoints/latest`.
+Client state, under the key `growclip`: architecture, step, data position (one entry per data-parallel rank),
+tokenizer sha256, EMA weights, layout and growth history. `universal_checkpoint_info` sits beside it, so
+`python -m deepspeed.checkpoint.ds_to_universal` converts the checkpoint and universal loading reshards it.
+
+Atomicity: DeepSpeed writes into `<tag>.tmp`; after a barrier rank 0 adds the tokenizer, renames the folder
+to `<tag>` and replaces `latest` by rename. A crash mid-save leaves only a `.tmp` folder that nothing reads.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+CLIENT_KEY = "growclip"
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def universal_checkpoint_info(model: torch.nn.Module, vocab: int) -> dict:
+    """DeepSpeed's reshaping patterns. Without tensor parallelism every parameter is TP-replicated."""
+    return {
+        "universal_checkpoint_version": 0.2,
+        "tp_replicated_parameter_patterns": [rf"^{n.replace('.', r'\.')}$" for n, _ in model.named_parameters()],
+        "parameter_to_average_patterns": [],
+        "parameter_with_row_parallelism_patterns": [],
+        "vocabulary_parameter_patterns": [r"^token_embedding\.weight$"],
+        "pipeline_replicated_parameter_patterns": [],
+        "parameter_with_2_sub_params_cat_dim_0": [],
+        "original_vocab_size": vocab,
+        "padded_vocab_size": vocab,
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save(engine, ckpt_dir: str | Path, step: int, client: dict, uc_info: dict, tokenizer_path: str) -> Path:
+    """Collective: every rank calls it. Returns the final tag folder."""
+    import deepspeed.comm as dist
+
+    ckpt_dir = Path(ckpt_dir)
+    tag = f"step{step:08d}"
+    final = ckpt_dir / tag
+    tmp_tag = tag + ".tmp"
+    if dist.get_rank() == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+    dist.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, save_latest=False,
+                           client_state={CLIENT_KEY: client, "universal_checkpoint_info": uc_info})
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.copyfile(tokenizer_path, ckpt_dir / tmp_tag / "tokenizer.model")
+        if final.exists():  # a re-run of the same step: keep the new one, never a half-written mix
+            shutil.rmtree(final)
+        os.replace(ckpt_dir / tmp_tag, final)
+        _write_atomic(ckpt_dir / "latest", tag)
+    dist.barrier()
+    return final
+
+
+def resolve(path: str | Path) -> tuple[Path, str]:
+    """(load_dir, tag) for a run folder, a checkpoints folder or a tag folder. Clear errors otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    for base in (path / "checkpoints", path):
+        latest = base / "latest"
+        if latest.is_file():
+            tag = latest.read_text().strip()
+            if not (base / tag).is_dir():
+                raise CheckpointError(f"{latest} names tag {tag!r}, but {base / tag} does not exist")
+            return base, tag
+    if (path / MODEL_STATES).is_file() or (path / "zero").is_dir():
+        return path.parent, path.name
+    raise CheckpointError(f"{path}: not a checkpoint (no 'latest' file and no {MODEL_STATES})")
+
+
+def is_universal(tag_dir: Path) -> bool:
+    return (tag_dir / "zero").is_dir()
+
+
+def read_client_state(tag_dir: Path) -> dict:
+    """Our client state, read without DeepSpeed (weights_only=True; tensors and plain containers only)."""
+    f = tag_dir / MODEL_STATES
+    if not f.is_file():
+        raise CheckpointError(f"{tag_dir}: missing {MODEL_STATES}")
+    try:
+        sd = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointError(f"{f}: cannot be read ({e.__class__.__name__}: {e})") from e
+    if CLIENT_KEY not in sd:
+        raise CheckpointError(f"{f}: no '{CLIENT_KEY}' client state; not a GrowCLIP checkpoint")
+    return sd[CLIENT_KEY]
+
+
+def full_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """fp32 full weights of a DeepSpeed (ZeRO 0-3) or universal checkpoint, canonical names."""
+    tag_dir = Path(tag_dir)
+    if is_universal(tag_dir):
+        out = {}
+        for p in sorted((tag_dir / "zero").iterdir()):
+            out[p.name] = torch.load(p / "fp32.pt", map_location="cpu", weights_only=True)["param"]
+        return out
+    if list(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
+    sd = torch.load(tag_dir / MODEL_STATES, map_location="cpu", weights_only=True)
+    return {k: v.float() for k, v in sd["module"].items()}

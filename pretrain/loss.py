@@ -1,0 +1,36 @@
+"""The contrastive loss with OpenCLIP's `gather_with_grad=True, local_loss=True` semantics.
+
+Each data-parallel rank compares its local rows against the features gathered from every rank, with labels
+offset by its rank. The gather keeps the gradient (backward is a reduce-scatter), so after DeepSpeed averages
+gradients over ranks they equal the gradient of the single-process loss on the concatenated batch.
+"""
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
+
+
+def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return x
+    return torch.cat(dist_nn.all_gather(x, group=group), dim=0)
+
+
+def clip_loss_torch(image_local, text_local, image_all, text_all, scale, offset: int = 0) -> torch.Tensor:
+    """(CE(s I Tᵀ) + CE(s T Iᵀ)) / 2 over the local rows; the torch reference path."""
+    labels = torch.arange(image_local.shape[0], device=image_local.device) + offset
+    logits_i = scale * image_local @ text_all.T
+    logits_t = scale * text_local @ image_all.T
+    return (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
+
+
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, group=None,
+                     use_triton: bool = False) -> torch.Tensor:
+    """Loss of this rank's normalised features against all ranks' features in `group`."""
+    rank = dist.get_rank(group) if dist.is_initialized() else 0
+    image_all, text_all = gather_with_grad(image, group), gather_with_grad(text, group)
+    offset = rank * image.shape[0]
+    if use_triton:
+        from kernels import contrastive_loss as fused
+        return fused(image, text, image_all, text_all, scale, offset=offset)
+    return clip_loss_torch(image, text, image_all, text_all, scale, offset)
