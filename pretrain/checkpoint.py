@@ -11,6 +11,7 @@ to `<tag>` and replaces `latest` by rename. A crash mid-save leaves only a `.tmp
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def universal_checkpoint_info(model: torch.nn.Module, vocab: int) -> dict:
     """DeepSpeed's reshaping patterns. Without tensor parallelism every parameter is TP-replicated."""
     return {
         "universal_checkpoint_version": 0.2,
-        "tp_replicated_parameter_patterns": [rf"^{n.replace('.', r'\.')}$" for n, _ in model.named_parameters()],
+        "tp_replicated_parameter_patterns": ["^" + re.escape(n) + "$" for n, _ in model.named_parameters()],
         "parameter_to_average_patterns": [],
         "parameter_with_row_parallelism_patterns": [],
         "vocabulary_parameter_patterns": [r"^token_embedding\.weight$"],
@@ -110,7 +111,7 @@ def full_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     tag_dir = Path(tag_dir)
     if is_universal(tag_dir):
         out = {}
-        for p in sorted((tag_dir / "zero").iterdir()):
+        for p in sorted(d for d in (tag_dir / "zero").iterdir() if d.is_dir()):
             out[p.name] = torch.load(p / "fp32.pt", map_location="cpu", weights_only=True)["param"]
         return out
     if list(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):

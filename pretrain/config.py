@@ -44,6 +44,8 @@ class TrainConfig:
     ema_decay: float = 0.999         # the PIM momentum model
     log_every: int = 10
     save_every: int = 0              # 0: only at the end
+    stop_after: int = 0              # stop (and save) after this step, keeping the schedule of `steps`: for
+                                     # jobs split across allocations; 0: run to `steps`
     kernels: str = "auto"            # auto: triton on CUDA, torch elsewhere
 
 
@@ -132,8 +134,8 @@ def validate(cfg: RunConfig, source: str) -> None:
     for name in ("steps", "micro_batch", "grad_accum", "log_every"):
         if getattr(t, name) <= 0:
             raise ConfigError(f"{source}: train.{name} must be positive, got {getattr(t, name)}")
-    if t.warmup < 0 or t.save_every < 0:
-        raise ConfigError(f"{source}: train.warmup and train.save_every must be >= 0")
+    if t.warmup < 0 or t.save_every < 0 or t.stop_after < 0:
+        raise ConfigError(f"{source}: train.warmup, train.save_every and train.stop_after must be >= 0")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"{source}: train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if t.kernels not in ("auto", "torch", "triton"):

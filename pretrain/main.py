@@ -1,0 +1,61 @@
+"""Entry point: `deepspeed pretrain/main.py --config configs/demo.yaml [--deepspeed_config ds_configs/zero2.json]
+[--resume latest|PATH] [section.key=value ...] [ds.key=value ...]`.
+
+`ds.`-prefixed overrides edit the DeepSpeed config (e.g. ds.zero_optimization.stage=3, ds.bf16.enabled=true).
+Config, checkpoint and layout errors print one clear line and exit with status 2 before any training.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `deepspeed pretrain/main.py` runs a file
+
+from pretrain.arch import ArchitectureError  # noqa: E402
+from pretrain.checkpoint import CheckpointError  # noqa: E402
+from pretrain.config import ConfigError, _parse_value, _set, load_run_config  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
+    p.add_argument("--deepspeed_config", default="ds_configs/zero2.json", help="DeepSpeed JSON config")
+    p.add_argument("--resume", default=None, help="'latest' (this run's out_dir) or a checkpoint path")
+    p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100, ds.bf16.enabled=true")
+    return p.parse_args(argv)
+
+
+def load_ds_config(path: str, overrides: list[str]) -> dict:
+    f = Path(path)
+    if not f.is_file():
+        raise ConfigError(f"--deepspeed_config {path}: no such file")
+    try:
+        ds = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON ({e})") from e
+    for ov in overrides:
+        key, value = ov[len("ds."):].split("=", 1)
+        _set(ds, key, _parse_value(value), f"override {ov!r}")
+    return ds
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    ds_over = [o for o in args.overrides if o.startswith("ds.")]
+    run_over = [o for o in args.overrides if not o.startswith("ds.")]
+    try:
+        cfg = load_run_config(args.config, run_over)
+        ds_config = load_ds_config(args.deepspeed_config, ds_over)
+        from pretrain.trainer import Trainer
+        trainer = Trainer(cfg, ds_config, resume=args.resume)
+    except (ConfigError, ArchitectureError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    trainer.train()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

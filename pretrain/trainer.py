@@ -1,0 +1,221 @@
+"""The DeepSpeed training loop: data -> CLIP -> gathered contrastive loss -> engine step -> metrics, checkpoints.
+
+Everything that can be wrong with a config, a checkpoint or a layout is checked in `Trainer.__init__`, before
+the first step. Components with state (engine, data loader, EMA) are saved and restored together, so a resume
+continues with the exact next sample and the exact next loss.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import deepspeed
+import deepspeed.comm as dist
+import torch
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .arch import Architecture
+from .config import ConfigError, RunConfig
+from .data.manifest import load_shards
+from .data.pipeline import TrainLoader
+from .data.tokenizer import Tokenizer
+from .ema import EMA
+from .loss import contrastive_loss
+from .model import CLIP, set_backend
+from .optim import cosine_with_warmup, param_groups
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for the MFU estimate
+
+
+def prepare_ds_config(ds_config: dict, cfg: RunConfig, universal: bool) -> dict:
+    ds = json.loads(json.dumps(ds_config))
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        if key in ds:
+            raise ConfigError(f"deepspeed config sets {key!r}; batch sizes come from train.micro_batch and "
+                              f"train.grad_accum in the run config, remove it")
+    ds["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch
+    ds["gradient_accumulation_steps"] = cfg.train.grad_accum
+    ds["zero_allow_untested_optimizer"] = True  # torch AdamW: FusedAdam has no CPU build
+    ds.setdefault("steps_per_print", 10 ** 9)
+    if universal:
+        ds.setdefault("checkpoint", {})["load_universal"] = True
+    return ds
+
+
+def batch_fingerprint(images: torch.Tensor, texts: torch.Tensor) -> str:
+    h = hashlib.sha1(texts.cpu().numpy().tobytes())
+    h.update(images.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, ds_config: dict, resume: str | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.train.out_dir)
+        resume_dir = self._find_resume(resume)
+        client = ckpt.read_client_state(resume_dir) if resume_dir else None
+        self.arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
+        self.tokenizer = Tokenizer(cfg.data.tokenizer, self.arch.text.context)
+        self._check_compatible(client)
+        ds_config = prepare_ds_config(ds_config, cfg, universal=bool(resume_dir and ckpt.is_universal(resume_dir)))
+        self.shards = load_shards(cfg.data.shards)
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.use_triton = cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and self.device.type == "cuda")
+        set_backend("triton" if self.use_triton else "torch")
+
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        model = CLIP(self.arch)
+        self.uc_info = ckpt.universal_checkpoint_info(model, self.arch.text.vocab)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                                      betas=cfg.train.betas, eps=cfg.train.eps)
+        scheduler = cosine_with_warmup(optimizer, cfg.train.warmup, cfg.train.steps, cfg.train.lr, cfg.train.min_lr)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=ds_config)
+        self.dtype = (torch.bfloat16 if self.engine.bfloat16_enabled() else
+                      torch.float16 if self.engine.fp16_enabled() else torch.float32)
+        self.loader = TrainLoader(self.shards, self.tokenizer, self.arch.vision.image_size, cfg.train.micro_batch,
+                                  dp_rank=self.rank, dp_world=self.world, workers=cfg.data.workers,
+                                  seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                                  max_pixels=cfg.data.max_pixels, scale=(cfg.data.crop_scale_min, 1.0))
+        self.ema = EMA(cfg.train.ema_decay)
+        self.step = 0
+        self.growth_history: list = []
+        if resume_dir:
+            self._restore(resume_dir, client)
+
+    # ---- set-up checks --------------------------------------------------------------------------------
+    def _find_resume(self, resume: str | None) -> Path | None:
+        if not resume:
+            return None
+        if resume == "latest":
+            if not (self.out / "checkpoints" / "latest").is_file():
+                return None  # nothing saved yet: a fresh start, as OpenCLIP's --resume latest does
+            resume = str(self.out)
+        base, tag = ckpt.resolve(resume)
+        return base / tag
+
+    def _check_compatible(self, client: dict | None) -> None:
+        if self.arch.text.vocab != self.tokenizer.vocab_size:
+            raise ConfigError(f"model text.vocab={self.arch.text.vocab} but the tokenizer "
+                              f"{self.cfg.data.tokenizer} has {self.tokenizer.vocab_size} ids")
+        if client and client["tokenizer_sha256"] != self.tokenizer.sha256:
+            raise ckpt.CheckpointError(
+                f"tokenizer {self.cfg.data.tokenizer} (sha256 {self.tokenizer.sha256[:12]}) differs from the one "
+                f"the checkpoint was trained with ({client['tokenizer_sha256'][:12]})")
+
+    def _restore(self, tag_dir: Path, client: dict) -> None:
+        load_path, _ = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
+                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        if load_path is None:
+            raise ckpt.CheckpointError(f"DeepSpeed could not load {tag_dir}")
+        self.step = client["step"]
+        self.growth_history = list(client.get("growth_history", []))
+        if client.get("ema"):
+            self.ema.load_state_dict(client["ema"])
+        data = client.get("data") or []
+        if len(data) == self.world:
+            self.loader.load_state_dict(data[self.rank])
+        elif self.rank == 0:
+            print(f"[resume] data position was saved by {len(data)} ranks, this run has {self.world}: "
+                  f"data restarts at its seed's first epoch (exact resume needs the same data-parallel size)")
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def _full_params(self):
+        module = self.engine.module
+        if self.engine.zero_optimization_stage() == 3:
+            params = list(module.parameters())
+            with deepspeed.zero.GatheredParameters(params):
+                return [(n, p.detach().clone()) for n, p in module.named_parameters()]
+        return list(module.named_parameters())
+
+    def _micro_step(self, it) -> tuple[torch.Tensor, str]:
+        images, texts = next(it)
+        fp = batch_fingerprint(images, texts)
+        images = images.to(self.device, self.dtype)
+        texts = texts.to(self.device)
+        image_f, text_f, scale = self.engine(images, texts)
+        loss = contrastive_loss(image_f.float(), text_f.float(), scale.float(), use_triton=self.use_triton)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.detach(), fp
+
+    def train(self) -> list[dict]:
+        cfg = self.cfg.train
+        writer = None
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(self.out / "tb"))
+            (self.out / "run_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
+        it = iter(self.loader)
+        history, window, t0 = [], [], time.time()
+        samples_per_step = cfg.micro_batch * cfg.grad_accum * self.world
+        peak = next((v for k, v in PEAK_TFLOPS.items() if self.device.type == "cuda"
+                     and k in torch.cuda.get_device_name()), 0.0)
+        last = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
+        while self.step < last:
+            losses, fps = [], []
+            for _ in range(cfg.grad_accum):
+                loss, fp = self._micro_step(it)
+                losses.append(loss)
+                fps.append(fp)
+            self.step += 1
+            self.ema.update(self._full_params())
+            loss = torch.stack(losses).mean()
+            dist.all_reduce(loss)
+            loss = loss.item() / self.world
+            all_fps = [None] * self.world
+            dist.all_gather_object(all_fps, fps)
+            record = {"step": self.step, "loss": loss, "lr": self.engine.get_lr()[0], "batches": all_fps}
+            history.append(record)
+            window.append(loss)
+            if self.rank == 0:
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if self.step % cfg.log_every == 0 or self.step == last:
+                self._log(writer, window, time.time() - t0, samples_per_step, peak)
+                window, t0 = [], time.time()
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == last:
+                self.save()
+        bar.close()
+        if writer:
+            writer.close()
+        return history
+
+    def _log(self, writer, window, seconds, samples_per_step, peak_tflops) -> None:
+        skipped = torch.tensor([sum(self.loader.skipped.values())], dtype=torch.float64)
+        dist.all_reduce(skipped)
+        if writer is None:
+            return
+        module = self.engine.module
+        sps = len(window) * samples_per_step / max(seconds, 1e-9)
+        scalars = {"train/loss": sum(window) / len(window), "train/lr": self.engine.get_lr()[0],
+                   "train/logit_scale": module.scale().item() if self.engine.zero_optimization_stage() < 3 else 0.0,
+                   "train/samples_per_s": sps, "data/skipped": skipped.item()}
+        if peak_tflops:
+            scalars["train/mfu"] = 3 * self.arch.flops_per_sample() * sps / (peak_tflops * 1e12 * self.world)
+        for k, v in scalars.items():
+            writer.add_scalar(k, v, self.step)
+        for reason, n in self.loader.skipped.items():
+            writer.add_scalar(f"data/skipped_{reason}", n, self.step)
+        writer.flush()
+
+    def save(self) -> Path:
+        data = [None] * self.world
+        dist.all_gather_object(data, self.loader.state_dict())
+        ema = self.ema.state_dict()
+        client = {"architecture": self.arch.to_dict(), "step": self.step, "data": data,
+                  "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
+                  "layout": {"tp": 1, "pp": 1, "dp": self.world}, "growth_history": self.growth_history,
+                  "run_config": self.cfg.to_dict()}
+        return ckpt.save(self.engine, self.out / "checkpoints", self.step, client, self.uc_info,
+                         self.tokenizer.model_path)

@@ -1,0 +1,60 @@
+"""Shared fixtures: small real data (Fashion-MNIST shards + a trained tokenizer) and a DeepSpeed launcher."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB = 512
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """2,400 Fashion-MNIST training pairs in 8 shards, and a 512-id tokenizer trained on them + WordNet."""
+    from pretrain.data.prepare import main as prepare
+    from pretrain.data.tokenizer import main as train_tokenizer
+    root = tmp_path_factory.mktemp("tiny_data")
+    prepare(["fashion_mnist", "--split", "train", "--out", str(root / "shards"), "--shard-size", "300",
+             "--limit", "2400"])
+    train_tokenizer(["--shards", str(root / "shards"), "--wordnet", "/usr/share/wordnet", "--vocab", str(VOCAB),
+                     "--max-sentences", "20000", "--out", str(root / "tok")])
+    return {"shards": str(root / "shards"), "tokenizer": str(root / "tok" / "tokenizer.model")}
+
+
+# A smaller tiny model, so each multi-rank run takes seconds on two cores.
+SMALL_MODEL = ["model.vision.layers=2", "model.vision.width=64", "model.vision.heads=2", "model.text.layers=2",
+               "model.text.width=64", "model.text.heads=2", f"model.text.vocab={VOCAB}", "model.text.context=16",
+               "model.embed_dim=64"]
+
+
+def launch(out_dir: Path, data: dict, *overrides: str, nproc: int = 2, ds_config: str = "ds_configs/zero2.json",
+           resume: str | None = None, check: bool = True, extra_args=()) -> subprocess.CompletedProcess:
+    """`deepspeed --num_gpus N pretrain/main.py ...` on the CPU (gloo), as a user runs it."""
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
+           str(free_port()), "pretrain/main.py", "--config", "configs/demo.yaml", "--deepspeed_config", ds_config,
+           *extra_args]
+    if resume:
+        cmd += ["--resume", resume]
+    cmd += [f"data.shards={data['shards']}", f"data.tokenizer={data['tokenizer']}", f"train.out_dir={out_dir}",
+            "train.micro_batch=16", "train.log_every=1", "train.warmup=2", "data.shuffle_buffer=200",
+            *SMALL_MODEL, *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def metrics(out_dir: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows}

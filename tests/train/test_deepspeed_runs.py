@@ -1,0 +1,62 @@
+"""Real multi-rank DeepSpeed runs on the CPU (gloo): exact resume, universal conversion, ZeRO 1-3."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pretrain import checkpoint as ckpt
+from tests.conftest import launch, metrics
+
+pytestmark = pytest.mark.slow
+N = 3
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory):
+    """One 2N-step run, and an N-step run of the same config (fp32, ZeRO-2, 2 ranks, 1 loader worker each)."""
+    base = tmp_path_factory.mktemp("runs")
+    launch(base / "full", tiny_data, f"train.steps={2 * N}")
+    launch(base / "half", tiny_data, f"train.steps={2 * N}", f"train.stop_after={N}")
+    return base
+
+
+def test_exact_resume_matches_uninterrupted_run(runs, tiny_data):
+    launch(runs / "resumed", tiny_data, f"train.steps={2 * N}", resume=str(runs / "half"))
+    full, resumed = metrics(runs / "full"), metrics(runs / "resumed")
+    assert sorted(resumed) == list(range(N + 1, 2 * N + 1))
+    for step in resumed:
+        assert resumed[step]["batches"] == full[step]["batches"], f"data order differs at step {step}"
+        assert abs(resumed[step]["loss"] - full[step]["loss"]) <= 1e-6, step
+    half = metrics(runs / "half")
+    assert all(half[s]["loss"] == full[s]["loss"] for s in range(1, N + 1))
+
+
+def test_universal_checkpoint_resume(runs, tiny_data):
+    base, tag = ckpt.resolve(runs / "half")
+    universal = runs / "universal" / tag
+    subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                    str(base / tag), "--output_folder", str(universal)], check=True, capture_output=True)
+    assert ckpt.is_universal(universal)
+    launch(runs / "from_universal", tiny_data, f"train.steps={N + 1}", resume=str(universal))
+    assert abs(metrics(runs / "from_universal")[N + 1]["loss"] - metrics(runs / "full")[N + 1]["loss"]) <= 1e-6
+    # the universal fp32 weights are the DeepSpeed checkpoint's weights
+    a, b = ckpt.full_state_dict(universal), ckpt.full_state_dict(base / tag)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stage_trains(tiny_data, tmp_path, stage):
+    launch(tmp_path, tiny_data, "train.steps=8", "train.lr=0.002", "train.warmup=1",
+           ds_config=f"ds_configs/zero{stage}.json")
+    m = metrics(tmp_path)
+    first, last = (m[1]["loss"] + m[2]["loss"]) / 2, (m[7]["loss"] + m[8]["loss"]) / 2
+    assert last < first - 0.05, (stage, first, last)
+    assert (tmp_path / "checkpoints" / "latest").is_file()
+
+
+def test_bad_config_stops_before_training(tiny_data, tmp_path):
+    proc = launch(tmp_path, tiny_data, "train.steps=2", "model.vision.heads=3", check=False)
+    assert proc.returncode != 0
+    assert "vision.width=64 is not divisible by vision.heads=3" in proc.stderr + proc.stdout
+    assert not (tmp_path / "metrics.jsonl").exists()
