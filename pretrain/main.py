@@ -22,6 +22,8 @@ def parse_args(argv=None):
     p.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
     p.add_argument("--deepspeed_config", default="ds_configs/zero2.json", help="DeepSpeed JSON config")
     p.add_argument("--resume", default=None, help="'latest' (this run's out_dir) or a checkpoint path")
+    p.add_argument("--kernels", choices=["auto", "triton", "torch"], default=None,
+                   help="attention + loss kernels (train.kernels); auto: Triton on CUDA, torch elsewhere")
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100, ds.bf16.enabled=true")
     return p.parse_args(argv)
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     ds_over = [o for o in args.overrides if o.startswith("ds.")]
     run_over = [o for o in args.overrides if not o.startswith("ds.")]
+    if args.kernels:
+        run_over.append(f"train.kernels={args.kernels}")
     try:
         cfg = load_run_config(args.config, run_over)
         ds_config = load_ds_config(args.deepspeed_config, ds_over)
