@@ -1,0 +1,242 @@
+"""Training loader: webdataset tar shards -> (images, token ids) batches, infinite, resumable to the sample.
+
+How the stream is laid out (all of it is a pure function of seed, epoch and the layout, hence resumable):
+- Logical streams: stream = dp_rank * W + worker, W = max(workers, 1), streams = dp_world * W. Epoch e permutes
+  the shard list with (seed, e), the same on every rank; stream s reads perm[s::streams]. With fewer shards than
+  streams every stream reads all shards and keeps item i iff i % streams == s (logged once).
+- Each stream runs its own infinite sequence of epochs through a shuffle buffer seeded by (seed, epoch, rank,
+  worker), and builds whole batches (DataLoader(batch_size=None)), so a batch comes from one worker and may
+  straddle an epoch boundary. Augmentation is seeded per sample by (seed, epoch, key).
+- Bad samples never stop training. They are counted by reason when they leave the shuffle buffer, so counts
+  and positions agree: corrupt_tar (a damaged or unreadable tar becomes one such item after the samples read
+  before the damage), missing_image, missing_caption, bad_caption (not UTF-8), empty_caption, too_large (header
+  width * height > max_pixels, checked before decoding), bad_image (undecodable or truncated).
+  A full batch is handed out only when the next usable sample turns up or its epoch ends, so it also counts
+  the bad items right after it: once the batch that ends an epoch is consumed, `skipped` covers that epoch.
+
+Exact resume: every batch carries its stream's position (epoch, items taken from the shuffle buffer in that
+epoch, skipped ones included) and cumulative skip counts. The loader records them for the last batch consumed
+from each worker, plus which worker is due next (the DataLoader takes batches round-robin from worker 0). On
+resume the physical workers are rotated so the due worker comes first, and each stream replays its epoch
+through the same shuffle buffer without decoding anything, dropping the items already used.
+If the layout (shards, seed, dp_world, workers, shuffle_buffer) changed, exact resume is impossible: every
+stream starts afresh at the epoch after the furthest one reached, and a warning says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys
+
+from .tario import tar_members
+from .transforms import normalize_batch, train_transform
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+BARREN_EPOCHS = 3  # a stream that yields no usable sample for this many epochs in a row raises
+
+
+def seed_of(*parts) -> int:
+    """A stable 63-bit seed from any printable parts (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+def read_shard(path: str) -> Iterator[dict | str]:
+    """Samples (dicts of raw bytes keyed by extension, plus __key__) of one tar, grouped by webdataset. If the
+    tar is damaged, the samples before the damage come out (the one being read, with the members read whole),
+    then one "corrupt_tar"."""
+    errors: list[Exception] = []
+
+    def members(f):
+        try:
+            for member in tar_members(f):
+                yield {**member, "__url__": path}
+        except Exception as exn:  # truncated/corrupt tar: end this shard, keep what was read
+            errors.append(exn)
+
+    try:
+        with open(path, "rb") as f:
+            yield from group_by_keys(members(f))
+    except Exception as exn:  # vanished file, duplicate member name
+        errors.append(exn)
+    if errors:
+        log.warning("skipping the rest of shard %s: %s", path, errors[0])
+        yield "corrupt_tar"
+
+
+def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    if size <= 1:
+        yield from items
+        return
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = rng.randrange(size)
+        yield buffer[j]
+        buffer[j] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class _Streams(IterableDataset):
+    """What each DataLoader worker runs: one logical stream of whole batches, starting at a saved position."""
+
+    def __init__(self, loader: "TrainLoader", positions: list[dict], rotate: int):
+        self.loader, self.positions, self.rotate = loader, positions, rotate
+
+    def epoch_items(self, epoch: int, stream: int) -> Iterator[dict | str]:
+        ld = self.loader
+        order = random.Random(seed_of("shards", ld.seed, epoch)).sample(range(len(ld.shards)), len(ld.shards))
+        if len(order) >= ld.streams:
+            for index in order[stream :: ld.streams]:
+                yield from read_shard(ld.shards[index])
+            return
+        i = 0
+        for index in order:
+            for item in read_shard(ld.shards[index]):
+                if i % ld.streams == stream:
+                    yield item
+                i += 1
+
+    def decode(self, item: dict | str, epoch: int) -> tuple[np.ndarray, str] | str:
+        """(cropped HWC uint8 RGB image, caption) or a skip reason."""
+        if isinstance(item, str):
+            return item
+        ext = next((e for e in IMAGE_EXTS if e in item), None)
+        if ext is None:
+            return "missing_image"
+        if "txt" not in item:
+            return "missing_caption"
+        try:
+            caption = item["txt"].decode("utf-8")
+        except UnicodeDecodeError:
+            return "bad_caption"
+        if not caption.strip():
+            return "empty_caption"
+        try:
+            image = Image.open(io.BytesIO(item[ext]))  # reads the header only
+            if image.width * image.height > self.loader.max_pixels:
+                return "too_large"
+            image.load()
+            rng = random.Random(seed_of("augment", self.loader.seed, epoch, item["__key__"]))
+            return np.asarray(self.loader.transform.crop(image, rng)), caption
+        except Image.DecompressionBombError:
+            return "too_large"
+        except Exception:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, ...)
+            return "bad_image"
+
+    def batch(self, images, captions, worker, epoch, consumed, skipped):
+        meta = {"worker": worker, "epoch": epoch, "consumed": consumed, "skipped": dict(skipped)}
+        return normalize_batch(images), self.loader.tokenizer(captions), meta
+
+    def __iter__(self):
+        ld = self.loader
+        info = get_worker_info()
+        worker = ((info.id if info else 0) + self.rotate) % ld.workers_per_rank
+        stream = ld.dp_rank * ld.workers_per_rank + worker
+        position = self.positions[worker]
+        epoch, skip_items = position["epoch"], position["consumed"]
+        skipped = Counter(position["skipped"])
+        images, captions, barren = [], [], 0
+        while True:
+            rng = random.Random(seed_of("buffer", ld.seed, epoch, ld.dp_rank, worker))
+            used = consumed = 0
+            for consumed, item in enumerate(shuffled(self.epoch_items(epoch, stream), ld.shuffle_buffer, rng), 1):
+                if consumed <= skip_items:  # fast-forward after resume: no decoding
+                    continue
+                out = self.decode(item, epoch)
+                if isinstance(out, str):
+                    skipped[out] += 1
+                    continue
+                if len(images) == ld.batch_size:  # a full batch leaves only now, so it counts the skips after it
+                    yield self.batch(images, captions, worker, epoch, consumed - 1, skipped)
+                    images, captions = [], []
+                images.append(out[0])
+                captions.append(out[1])
+                used += 1
+            if len(images) == ld.batch_size:
+                yield self.batch(images, captions, worker, epoch, max(consumed, skip_items), skipped)
+                images, captions = [], []
+            barren = barren + 1 if used == 0 else 0
+            if barren >= BARREN_EPOCHS:
+                raise RuntimeError(f"data stream {stream} (rank {ld.dp_rank}, worker {worker}) found no usable sample "
+                                   f"in {barren} epochs; skipped {dict(skipped)}")
+            epoch, skip_items = epoch + 1, 0
+
+
+class TrainLoader:
+    """Infinite, resumable batches of (float32 [B,3,S,S] normalised images, int64 [B,context] tokens).
+
+    State (see module docstring) is per DP rank; `load_state_dict` also accepts the list of all ranks' states
+    and picks this rank's entry. Keep one live iterator per loader: its batches update the loader's state.
+    """
+
+    def __init__(self, shards: list[str], tokenizer, image_size: int, batch_size: int, dp_rank: int, dp_world: int,
+                 workers: int = 1, seed: int = 0, shuffle_buffer: int = 1000, max_pixels: int = 50_000_000,
+                 scale=(0.9, 1.0)):
+        if not shards:
+            raise ValueError("TrainLoader needs at least one shard")
+        if not 0 <= dp_rank < dp_world:
+            raise ValueError(f"dp_rank {dp_rank} outside dp_world {dp_world}")
+        self.shards, self.tokenizer, self.batch_size = list(shards), tokenizer, batch_size
+        self.dp_rank, self.dp_world, self.workers, self.seed = dp_rank, dp_world, workers, seed
+        self.shuffle_buffer, self.max_pixels = shuffle_buffer, max_pixels
+        self.transform = train_transform(image_size, scale)
+        self.workers_per_rank = max(workers, 1)
+        self.streams = dp_world * self.workers_per_rank
+        if len(self.shards) < self.streams:
+            log.warning("%d shards < %d streams (dp_world %d x workers %d): every stream reads all shards and "
+                        "keeps samples by index modulo %d", len(self.shards), self.streams, dp_world,
+                        self.workers_per_rank, self.streams)
+        self._positions = [{"epoch": 0, "consumed": 0, "skipped": {}} for _ in range(self.workers_per_rank)]
+        self._next_worker = 0
+
+    def _layout(self) -> dict:
+        names = "\n".join("/".join(Path(p).parts[-2:]) for p in self.shards).encode()  # survives moving the data
+        return {"shards_sha256": hashlib.sha256(names).hexdigest(), "num_shards": len(self.shards), "seed": self.seed,
+                "dp_world": self.dp_world, "workers": self.workers_per_rank, "shuffle_buffer": self.shuffle_buffer}
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dataset = _Streams(self, [dict(p) for p in self._positions], self._next_worker)
+        for images, tokens, meta in DataLoader(dataset, batch_size=None, num_workers=self.workers):
+            worker = meta.pop("worker")
+            self._positions[worker] = meta
+            self._next_worker = (worker + 1) % self.workers_per_rank
+            yield images, tokens
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        total: Counter = Counter()
+        for position in self._positions:
+            total.update(position["skipped"])
+        return dict(total)
+
+    def state_dict(self) -> dict:
+        return {"version": 1, "dp_rank": self.dp_rank, "layout": self._layout(), "next_worker": self._next_worker,
+                "positions": [{**p, "skipped": dict(p["skipped"])} for p in self._positions]}
+
+    def load_state_dict(self, state: dict | list[dict]) -> None:
+        states = state if isinstance(state, list) else [state]
+        mine = [s for s in states if s["dp_rank"] == self.dp_rank]
+        if mine and mine[0]["layout"] == self._layout():
+            self._positions = [{**p, "skipped": dict(p["skipped"])} for p in mine[0]["positions"]]
+            self._next_worker = mine[0]["next_worker"]
+            return
+        epoch = 1 + max(p["epoch"] for s in states for p in s["positions"])
+        log.warning("data layout changed since the checkpoint (or no state for rank %d): cannot resume exactly; "
+                    "all streams start at epoch %d", self.dp_rank, epoch)
+        self._positions = [{"epoch": epoch, "consumed": 0, "skipped": {}} for _ in range(self.workers_per_rank)]
+        self._next_worker = 0

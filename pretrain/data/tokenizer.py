@@ -1,0 +1,162 @@
+"""SentencePiece tokenizer for the text tower, trained offline on WordNet glosses and our own captions.
+
+Id layout (the model relies on it). With n = the SentencePiece model's piece count:
+
+    0          pad (SentencePiece is trained without a pad piece)
+    1 .. n     SentencePiece ids 0 .. n-1, shifted by one (SentencePiece's id 0 is <unk>)
+    n + 1      start of text (sot)
+    n + 2      end of text (eot) == vocab_size - 1, the largest id: the text tower pools at argmax, as OpenCLIP does
+
+A text becomes [sot] + pieces + [eot], padded with 0 to context_length; a long text loses its last pieces and
+keeps eot as the final token. Texts are lower-cased and whitespace-normalised first. `train_tokenizer`'s
+vocab_size is this full vocab_size (pieces + pad + sot + eot).
+
+    python -m pretrain.data.tokenizer --shards SPEC --wordnet /usr/share/wordnet --vocab 4096 --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+from .tario import TarCorrupt, tar_members
+
+SPECIALS = 3  # pad, sot, eot
+WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def train_tokenizer(texts: Iterable[str], out_prefix: str | os.PathLike, vocab_size: int, model_type: str = "bpe",
+                    max_sentences: int = 200_000, seed: int = 0) -> Path:
+    """Train on (a seeded random subset of at most max_sentences of) texts; writes out_prefix.model and
+    out_prefix.vocab atomically and returns the .model path. The same inputs give a byte-identical .model
+    (hence the same sha256): the model goes through model_writer, so no output path is baked into it."""
+    model = io.BytesIO()
+    spm.set_random_generator_seed(seed)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=(t for t in map(normalize, texts) if t),
+        model_writer=model,
+        vocab_size=vocab_size - SPECIALS,
+        model_type=model_type,
+        byte_fallback=False,
+        character_coverage=1.0,  # keep every character seen: the default drops rare digits such as "7"
+        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+        input_sentence_size=max_sentences,
+        shuffle_input_sentence=True,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
+    model_path = Path(f"{out_prefix}.model")
+    _write_atomic(Path(f"{out_prefix}.vocab"), vocab.encode("utf-8"))
+    _write_atomic(model_path, model.getvalue())
+    return model_path
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def wordnet_texts(root: str | os.PathLike = "/usr/share/wordnet") -> Iterator[str]:
+    """Glosses and example sentences (the part after '|' of each data.* line, split at '; "')."""
+    for name in WORDNET_FILES:
+        with open(Path(root) / name, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("  ") or "|" not in line:  # license header
+                    continue
+                for part in re.split(r';\s*(?=")', line.split("|", 1)[1]):
+                    part = part.strip().strip('"').strip()
+                    if part:
+                        yield part
+
+
+def shard_captions(shards: Iterable[str]) -> Iterator[str]:
+    """The .txt members of tar shards; undecodable members and the rest of damaged shards are left out."""
+    for shard in shards:
+        try:
+            with open(shard, "rb") as f:
+                for member in tar_members(f):
+                    if member["fname"].endswith(".txt"):
+                        try:
+                            yield member["data"].decode("utf-8")
+                        except UnicodeDecodeError:
+                            continue
+        except (TarCorrupt, OSError):
+            continue
+
+
+class Tokenizer:
+    def __init__(self, model_path: str | os.PathLike, context_length: int = 77):
+        if context_length < 2:
+            raise ValueError("context_length must leave room for sot and eot")
+        self.model_path = Path(model_path)
+        self.context_length = context_length
+        data = self.model_path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self._sp = spm.SentencePieceProcessor(model_proto=data)
+        pieces = self._sp.get_piece_size()
+        self.pad_id, self.sot_id, self.eot_id, self.vocab_size = 0, pieces + 1, pieces + 2, pieces + SPECIALS
+
+    def encode(self, text: str) -> list[int]:
+        """Our ids of the pieces of text, without sot/eot/padding."""
+        return [i + 1 for i in self._sp.encode(normalize(text))]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._sp.decode([int(i) - 1 for i in ids if 0 < int(i) < self.sot_id])
+
+    def __call__(self, texts: list[str] | str) -> torch.Tensor:
+        """int64 [B, context_length]."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        room = self.context_length - 2
+        for row, ids in enumerate(self._sp.encode([normalize(t) for t in texts])):
+            ids = ids[:room]
+            out[row, 0] = self.sot_id
+            out[row, 1 : len(ids) + 1] = np.asarray(ids, dtype=np.int64) + 1
+            out[row, len(ids) + 1] = self.eot_id
+        return torch.from_numpy(out)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from .manifest import load_shards
+
+    p = argparse.ArgumentParser(prog="python -m pretrain.data.tokenizer", description="train the tokenizer")
+    p.add_argument("--shards", default=None, help="shard spec whose captions join the training text")
+    p.add_argument("--wordnet", default=None, help="WordNet root, e.g. /usr/share/wordnet")
+    p.add_argument("--vocab", type=int, default=4096, help="full vocab size (pieces + pad + sot + eot)")
+    p.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
+    p.add_argument("--max-sentences", type=int, default=200_000)
+    p.add_argument("--out", required=True, type=Path)
+    args = p.parse_args(argv)
+    if not args.shards and not args.wordnet:
+        p.error("give --shards and/or --wordnet")
+
+    def texts():
+        if args.wordnet:
+            yield from wordnet_texts(args.wordnet)
+        if args.shards:
+            yield from shard_captions(load_shards(args.shards))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = train_tokenizer(texts(), args.out / "tokenizer", args.vocab, args.model_type, args.max_sentences)
+    tok = Tokenizer(path)
+    print(f"wrote {path} (vocab_size {tok.vocab_size}, sha256 {tok.sha256[:12]})")
+    return path
+
+
+if __name__ == "__main__":
+    main()
