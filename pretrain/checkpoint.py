@@ -25,18 +25,32 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def universal_checkpoint_info(model: torch.nn.Module, vocab: int) -> dict:
-    """DeepSpeed's reshaping patterns. Without tensor parallelism every parameter is TP-replicated."""
+def universal_checkpoint_info(names: list[str], vocab: int, tp: int) -> dict:
+    """DeepSpeed's reshaping patterns, derived from the one table of TP cuts (pretrain/parallel/tensor.py):
+    replicated, row-parallel (cat dim 1), column-parallel (the default, cat dim 0), the fused QKV as three
+    sub-parameters, and the vocab-parallel embedding with its padding."""
+    from .parallel.layout import padded_vocab
+    from .parallel.tensor import split_of
+
+    def exact(cut):
+        return ["^" + re.escape(n) + "$" for n in names if split_of(n) == cut]
+
+    qkv = [n for n in names if split_of(n) == "qkv"]
+    sub_params = [{"patterns": ["^" + re.escape(n) + "$" for n in qkv if n.endswith("weight")],
+                   "shape": (3, -1), "partition_dim": 0},
+                  {"patterns": ["^" + re.escape(n) + "$" for n in qkv if n.endswith("bias")],
+                   "shape": (3,), "partition_dim": 0}]
     return {
         "universal_checkpoint_version": 0.2,
-        "tp_replicated_parameter_patterns": ["^" + re.escape(n) + "$" for n, _ in model.named_parameters()],
+        "tp_replicated_parameter_patterns": exact("replicated"),
         "parameter_to_average_patterns": [],
-        "parameter_with_row_parallelism_patterns": [],
-        "vocabulary_parameter_patterns": [r"^token_embedding\.weight$"],
+        "parameter_with_row_parallelism_patterns": exact("row"),
+        "vocabulary_parameter_patterns": exact("vocab"),
         "pipeline_replicated_parameter_patterns": [],
         "parameter_with_2_sub_params_cat_dim_0": [],
+        "parameter_with_sub_params": [s for s in sub_params if s["patterns"]],
         "original_vocab_size": vocab,
-        "padded_vocab_size": vocab,
+        "padded_vocab_size": padded_vocab(vocab, tp),
     }
 
 

@@ -1,6 +1,6 @@
 """Typed run configuration: a YAML file plus `section.key=value` overrides from the command line.
 
-A run config has `model` (an architecture mapping, or a path to one), `data` and `train` sections.
+A run config has `model` (an architecture mapping, or a path to one), `data`, `train` and `parallel` sections.
 Unknown keys and badly typed values stop the run with a message naming the key, before any training.
 """
 from __future__ import annotations
@@ -50,13 +50,20 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    tp: int = 1                      # tensor-parallel size (megatron-core layers)
+    pp: int = 1                      # pipeline stages; dp = world / (tp * pp)
+
+
+@dataclass
 class RunConfig:
     model: Architecture = field(default_factory=Architecture)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict:
-        d = {k: dataclasses.asdict(getattr(self, k)) for k in ("data", "train")}
+        d = {k: dataclasses.asdict(getattr(self, k)) for k in ("data", "train", "parallel")}
         d["model"] = self.model.to_dict()
         return d
 
@@ -115,16 +122,17 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
             raise ConfigError(f"override {ov!r} must look like section.key=value")
         key, value = ov.split("=", 1)
         _set(raw, key, _parse_value(value), f"override {ov!r}")
-    unknown = set(raw) - {"model", "data", "train"}
+    unknown = set(raw) - {"model", "data", "train", "parallel"}
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected model, data, train")
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected model, data, train, parallel")
     try:
         arch = Architecture.from_dict(raw.get("model", {}), source=f"{source}: model")
     except (ArchitectureError, TypeError) as e:
         raise ConfigError(str(e)) from e
     cfg = RunConfig(model=arch,
                     data=_build_section(DataConfig, raw.get("data", {}), "data", source),
-                    train=_build_section(TrainConfig, raw.get("train", {}), "train", source))
+                    train=_build_section(TrainConfig, raw.get("train", {}), "train", source),
+                    parallel=_build_section(ParallelConfig, raw.get("parallel", {}), "parallel", source))
     validate(cfg, source)
     return cfg
 

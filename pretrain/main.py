@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `deepspeed pr
 from pretrain.arch import ArchitectureError  # noqa: E402
 from pretrain.checkpoint import CheckpointError  # noqa: E402
 from pretrain.config import ConfigError, _parse_value, _set, load_run_config  # noqa: E402
+from pretrain.parallel.layout import LayoutError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -24,9 +25,11 @@ def parse_args(argv=None):
     p.add_argument("--resume", default=None, help="'latest' (this run's out_dir) or a checkpoint path")
     p.add_argument("--kernels", choices=["auto", "triton", "torch"], default=None,
                    help="attention + loss kernels (train.kernels); auto: Triton on CUDA, torch elsewhere")
+    p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (parallel.tp)")
+    p.add_argument("--pp", type=int, default=None, help="pipeline stages (parallel.pp)")
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100, ds.bf16.enabled=true")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def load_ds_config(path: str, overrides: list[str]) -> dict:
@@ -49,12 +52,13 @@ def main(argv=None) -> int:
     run_over = [o for o in args.overrides if not o.startswith("ds.")]
     if args.kernels:
         run_over.append(f"train.kernels={args.kernels}")
+    run_over += [f"parallel.{k}={v}" for k, v in (("tp", args.tp), ("pp", args.pp)) if v is not None]
     try:
         cfg = load_run_config(args.config, run_over)
         ds_config = load_ds_config(args.deepspeed_config, ds_over)
         from pretrain.trainer import Trainer
         trainer = Trainer(cfg, ds_config, resume=args.resume)
-    except (ConfigError, ArchitectureError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, ArchitectureError, CheckpointError, LayoutError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     trainer.train()

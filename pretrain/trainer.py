@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from .ema import EMA
 from .loss import contrastive_loss
 from .model import CLIP, set_backend
 from .optim import cosine_with_warmup, param_groups
+from .parallel.groups import init_groups
+from .parallel.layout import Layout
+from .parallel.tensor import apply_tensor_parallel, gather_full, shard, split_of
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for the MFU estimate
 
@@ -63,24 +67,32 @@ class Trainer:
         ds_config = prepare_ds_config(ds_config, cfg, universal=bool(resume_dir and ckpt.is_universal(resume_dir)))
         self.shards = load_shards(cfg.data.shards)
 
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.layout = Layout.for_world(world, cfg.parallel.tp, cfg.parallel.pp)
+        self.layout.validate(self.arch, ds_config.get("zero_optimization", {}).get("stage", 0))
+
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.rank = dist.get_rank()
+        mpu, _ = init_groups(self.layout)
+        self.dp_rank, self.tp_rank = mpu.get_data_parallel_rank(), mpu.get_tensor_model_parallel_rank()
+        self.dp_group, self.tp_group = mpu.get_data_parallel_group(), mpu.get_tensor_model_parallel_group()
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.use_triton = cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and self.device.type == "cuda")
         set_backend("triton" if self.use_triton else "torch")
 
-        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        model = CLIP(self.arch)
-        self.uc_info = ckpt.universal_checkpoint_info(model, self.arch.text.vocab)
+        torch.manual_seed(cfg.train.seed)  # identical full initial weights on every rank, then each takes its shard
+        model = apply_tensor_parallel(CLIP(self.arch), self.layout.tp)
+        self.uc_info = ckpt.universal_checkpoint_info([n for n, _ in model.named_parameters()], self.arch.text.vocab,
+                                                      self.layout.tp)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
                                       betas=cfg.train.betas, eps=cfg.train.eps)
         scheduler = cosine_with_warmup(optimizer, cfg.train.warmup, cfg.train.steps, cfg.train.lr, cfg.train.min_lr)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                    config=ds_config)
+                                                    config=ds_config, mpu=mpu)
         self.dtype = (torch.bfloat16 if self.engine.bfloat16_enabled() else
                       torch.float16 if self.engine.fp16_enabled() else torch.float32)
         self.loader = TrainLoader(self.shards, self.tokenizer, self.arch.vision.image_size, cfg.train.micro_batch,
-                                  dp_rank=self.rank, dp_world=self.world, workers=cfg.data.workers,
+                                  dp_rank=self.dp_rank, dp_world=self.layout.dp, workers=cfg.data.workers,
                                   seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                                   max_pixels=cfg.data.max_pixels, scale=(cfg.data.crop_scale_min, 1.0))
         self.ema = EMA(cfg.train.ema_decay)
@@ -110,20 +122,21 @@ class Trainer:
                 f"the checkpoint was trained with ({client['tokenizer_sha256'][:12]})")
 
     def _restore(self, tag_dir: Path, client: dict) -> None:
+        universal = ckpt.is_universal(tag_dir)
+        # universal: the weights come from zero/<param>/fp32.pt; the module file is of another layout
         load_path, _ = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name,
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+                                                   load_optimizer_states=True, load_lr_scheduler_states=True,
+                                                   load_module_strict=not universal)
         if load_path is None:
             raise ckpt.CheckpointError(f"DeepSpeed could not load {tag_dir}")
         self.step = client["step"]
         self.growth_history = list(client.get("growth_history", []))
         if client.get("ema"):
-            self.ema.load_state_dict(client["ema"])
-        data = client.get("data") or []
-        if len(data) == self.world:
-            self.loader.load_state_dict(data[self.rank])
-        elif self.rank == 0:
-            print(f"[resume] data position was saved by {len(data)} ranks, this run has {self.world}: "
-                  f"data restarts at its seed's first epoch (exact resume needs the same data-parallel size)")
+            ema = client["ema"]
+            self.ema.load_state_dict({"decay": ema["decay"], "shadow": {
+                n: shard(v, split_of(n), self.tp_rank, self.layout.tp) for n, v in ema["shadow"].items()}})
+        if client.get("data"):  # one position per data-parallel rank; the loader picks its own, or warns and
+            self.loader.load_state_dict(client["data"])  # starts the next epoch if the data layout changed
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def _full_params(self):
@@ -140,7 +153,8 @@ class Trainer:
         images = images.to(self.device, self.dtype)
         texts = texts.to(self.device)
         image_f, text_f, scale = self.engine(images, texts)
-        loss = contrastive_loss(image_f.float(), text_f.float(), scale.float(), use_triton=self.use_triton)
+        loss = contrastive_loss(image_f.float(), text_f.float(), scale.float(), group=self.dp_group,
+                                use_triton=self.use_triton)
         self.engine.backward(loss)
         self.engine.step()
         return loss.detach(), fp
@@ -156,7 +170,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
         it = iter(self.loader)
         history, window, t0 = [], [], time.time()
-        samples_per_step = cfg.micro_batch * cfg.grad_accum * self.world
+        samples_per_step = cfg.micro_batch * cfg.grad_accum * self.layout.dp
         peak = next((v for k, v in PEAK_TFLOPS.items() if self.device.type == "cuda"
                      and k in torch.cuda.get_device_name()), 0.0)
         last = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
@@ -169,11 +183,13 @@ class Trainer:
             self.step += 1
             self.ema.update(self._full_params())
             loss = torch.stack(losses).mean()
-            dist.all_reduce(loss)
-            loss = loss.item() / self.world
-            all_fps = [None] * self.world
+            dist.all_reduce(loss, group=self.dp_group)
+            loss = loss.item() / self.layout.dp
+            all_fps = [None] * dist.get_world_size()
             dist.all_gather_object(all_fps, fps)
-            record = {"step": self.step, "loss": loss, "lr": self.engine.get_lr()[0], "batches": all_fps}
+            norm = self.engine.get_global_grad_norm()
+            record = {"step": self.step, "loss": loss, "lr": self.engine.get_lr()[0],
+                      "grad_norm": None if norm is None else float(norm), "batches": all_fps}
             history.append(record)
             window.append(loss)
             if self.rank == 0:
@@ -193,7 +209,7 @@ class Trainer:
 
     def _log(self, writer, window, seconds, samples_per_step, peak_tflops) -> None:
         skipped = torch.tensor([sum(self.loader.skipped.values())], dtype=torch.float64)
-        dist.all_reduce(skipped)
+        dist.all_reduce(skipped, group=self.dp_group)
         if writer is None:
             return
         module = self.engine.module
@@ -202,7 +218,7 @@ class Trainer:
                    "train/logit_scale": module.scale().item() if self.engine.zero_optimization_stage() < 3 else 0.0,
                    "train/samples_per_s": sps, "data/skipped": skipped.item()}
         if peak_tflops:
-            scalars["train/mfu"] = 3 * self.arch.flops_per_sample() * sps / (peak_tflops * 1e12 * self.world)
+            scalars["train/mfu"] = 3 * self.arch.flops_per_sample() * sps / (peak_tflops * 1e12 * self.layout.world)
         for k, v in scalars.items():
             writer.add_scalar(k, v, self.step)
         for reason, n in self.loader.skipped.items():
@@ -210,12 +226,14 @@ class Trainer:
         writer.flush()
 
     def save(self) -> Path:
-        data = [None] * self.world
-        dist.all_gather_object(data, self.loader.state_dict())
-        ema = self.ema.state_dict()
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, (self.dp_rank, self.loader.state_dict()))
+        data = [s for _, s in sorted(dict(states).items())]  # one position per data-parallel rank
+        ema = {"decay": self.ema.decay, "shadow": gather_full(self.ema.shadow.items(), self.arch.text.vocab,
+                                                              self.tp_group)}
         client = {"architecture": self.arch.to_dict(), "step": self.step, "data": data,
                   "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
-                  "layout": {"tp": 1, "pp": 1, "dp": self.world}, "growth_history": self.growth_history,
-                  "run_config": self.cfg.to_dict()}
+                  "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.layout.dp},
+                  "growth_history": self.growth_history, "run_config": self.cfg.to_dict()}
         return ckpt.save(self.engine, self.out / "checkpoints", self.step, client, self.uc_info,
                          self.tokenizer.model_path)

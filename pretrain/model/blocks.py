@@ -5,24 +5,34 @@ from torch import nn
 from .attention import attention
 
 
+class QKVProjection(nn.Module):
+    """x @ in_proj_weightᵀ + in_proj_bias. It owns no weights: they stay on the attention module under
+    OpenCLIP's names, and tensor parallelism swaps this module for a column-parallel one."""
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, weight, bias)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection laid out [q; k; v] like nn.MultiheadAttention."""
+    """Multi-head self-attention with a fused QKV projection laid out [q; k; v] like nn.MultiheadAttention.
+    The number of heads is read off the projection's output, so a tensor-parallel shard runs its own heads."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
-        self.heads = heads
+        self.head_dim = width // heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.in_proj = QKVProjection()
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
-        b, n, w = x.shape
-        qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        b, n, _ = x.shape
+        qkv = self.in_proj(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         out = attention(q, k, v, causal)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, w))
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class MLP(nn.Module):

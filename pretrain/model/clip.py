@@ -3,6 +3,9 @@
 Parameter names equal OpenCLIP's: `visual.*`, and the text tower at the top level (`token_embedding`,
 `positional_embedding`, `transformer.*`, `ln_final`, `text_projection`), plus `logit_scale`. The shared
 encoder adds `shared.*`, which OpenCLIP does not have. Pooling and projections run after the shared encoder.
+
+One shape differs: `logit_scale` is stored as shape [1] (OpenCLIP: a 0-dim tensor), because DeepSpeed 0.19.8's
+start-up broadcast views every parameter as bytes, which a 0-dim tensor cannot do. openclip.py reshapes it.
 """
 import math
 
@@ -29,7 +32,7 @@ class CLIP(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         self.shared = SharedEncoder(arch) if arch.shared.layers else None
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
 
     # text tower pieces, named so pipeline stages can call them
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
@@ -56,7 +59,7 @@ class CLIP(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at 100 (the clamp is in the forward, so it holds at every layout)."""
-        return self.logit_scale.clamp(max=LOG_100).exp()
+        return self.logit_scale.clamp(max=LOG_100).exp().squeeze(0)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor):
         return self.encode_image(image, normalize=True), self.encode_text(text, normalize=True), self.scale()

@@ -1,5 +1,6 @@
-"""OpenCLIP interop. Our canonical parameter names ARE OpenCLIP's, so import/export is a key check plus
-shape inference; nothing is renamed. `open_clip` itself is only imported by `to_openclip_model`.
+"""OpenCLIP interop. Our canonical parameter names ARE OpenCLIP's, so import/export is a key check, shape
+inference and one reshape (logit_scale: OpenCLIP [] <-> ours [1], see clip.py); nothing is renamed.
+`open_clip` itself is only imported by `to_openclip_model`.
 """
 import re
 
@@ -66,6 +67,8 @@ def arch_from_state_dict(sd: dict, vision_heads: int | None = None, text_heads: 
 def import_openclip(state_dict: dict, arch: Architecture | None = None) -> CLIP:
     """A CLIP holding OpenCLIP weights. Keys must match exactly (OpenCLIP's non-persistent buffers aside)."""
     state_dict = {k: v for k, v in state_dict.items() if k != "attn_mask"}
+    if "logit_scale" in state_dict:
+        state_dict["logit_scale"] = state_dict["logit_scale"].reshape(1)
     arch = arch or arch_from_state_dict(state_dict)
     model = CLIP(arch)
     ours = model.state_dict()
@@ -83,7 +86,9 @@ def import_openclip(state_dict: dict, arch: Architecture | None = None) -> CLIP:
 def export_openclip(model: CLIP) -> dict[str, torch.Tensor]:
     """OpenCLIP state dict of a plain-CLIP model (a shared encoder cannot be expressed in OpenCLIP)."""
     openclip_config(model.arch)  # raises for a shared encoder
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sd["logit_scale"] = sd["logit_scale"].reshape(())
+    return sd
 
 
 def to_openclip_model(model: CLIP):

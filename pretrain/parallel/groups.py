@@ -1,0 +1,49 @@
+"""Process groups for a layout: megatron-core parallel_state, checked rank by rank against a DeepSpeed
+pipeline topology, and the `mpu` object that `deepspeed.initialize` takes.
+
+Rank order is tp fastest, then dp, then pp, in both megatron-core ("tp-cp-ep-dp-pp") and DeepSpeed's
+PipeModelDataParallelTopology (axes pipe, data, model). `init_groups` asserts they agree on every rank.
+"""
+from __future__ import annotations
+
+import torch.distributed as dist
+from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+from megatron.core import parallel_state as ps
+
+from .layout import Layout
+
+
+class MegatronMPU:
+    """DeepSpeed's mpu interface: 'model parallel' means tensor parallel here, as in Megatron-DeepSpeed."""
+
+    get_model_parallel_rank = staticmethod(ps.get_tensor_model_parallel_rank)
+    get_model_parallel_world_size = staticmethod(ps.get_tensor_model_parallel_world_size)
+    get_model_parallel_group = staticmethod(ps.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_rank = staticmethod(ps.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_world_size = staticmethod(ps.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_group = staticmethod(ps.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_src_rank = staticmethod(ps.get_tensor_model_parallel_src_rank)
+    get_data_parallel_rank = staticmethod(ps.get_data_parallel_rank)
+    get_data_parallel_world_size = staticmethod(ps.get_data_parallel_world_size)
+    get_data_parallel_group = staticmethod(ps.get_data_parallel_group)
+    get_pipeline_model_parallel_rank = staticmethod(ps.get_pipeline_model_parallel_rank)
+    get_pipeline_model_parallel_world_size = staticmethod(ps.get_pipeline_model_parallel_world_size)
+    get_pipeline_model_parallel_group = staticmethod(ps.get_pipeline_model_parallel_group)
+
+    @staticmethod
+    def get_data_parallel_group_ranks():
+        return dist.get_process_group_ranks(ps.get_data_parallel_group())
+
+
+def init_groups(layout: Layout) -> tuple[MegatronMPU, PipeModelDataParallelTopology]:
+    if dist.get_world_size() != layout.world:
+        raise RuntimeError(f"layout {layout} needs {layout.world} ranks, the job has {dist.get_world_size()}")
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp)
+    topo = PipeModelDataParallelTopology(num_pp=layout.pp, num_mp=layout.tp, num_dp=layout.dp)
+    coord = topo.get_coord(dist.get_rank())
+    ours = (ps.get_pipeline_model_parallel_rank(), ps.get_data_parallel_rank(), ps.get_tensor_model_parallel_rank())
+    if (coord.pipe, coord.data, coord.model) != ours:
+        raise RuntimeError(f"rank {dist.get_rank()}: DeepSpeed topology {coord} disagrees with megatron-core "
+                           f"(pipe, data, tensor) = {ours}")
+    return MegatronMPU(), topo
