@@ -26,6 +26,8 @@ class DataConfig:
     shuffle_buffer: int = 1000
     max_pixels: int = 50_000_000     # images whose header says more are skipped and counted
     crop_scale_min: float = 0.9      # RandomResizedCrop scale=(crop_scale_min, 1.0)
+    order: str = "sharded"           # sharded: ranks read disjoint shards; global: the same global batches at
+                                     # every layout (exact across dp changes; costs dp x reading/decoding)
 
 
 @dataclass
@@ -148,6 +150,8 @@ def validate(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if t.kernels not in ("auto", "torch", "triton"):
         raise ConfigError(f"{source}: train.kernels must be auto, torch or triton, got {t.kernels!r}")
+    if cfg.data.order not in ("sharded", "global"):
+        raise ConfigError(f"{source}: data.order must be sharded or global, got {cfg.data.order!r}")
     if not cfg.data.shards:
         raise ConfigError(f"{source}: data.shards is empty; point it at a manifest.json or shard pattern")
     if not cfg.data.tokenizer:

@@ -94,7 +94,8 @@ class Trainer:
         self.loader = TrainLoader(self.shards, self.tokenizer, self.arch.vision.image_size, cfg.train.micro_batch,
                                   dp_rank=self.dp_rank, dp_world=self.layout.dp, workers=cfg.data.workers,
                                   seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer,
-                                  max_pixels=cfg.data.max_pixels, scale=(cfg.data.crop_scale_min, 1.0))
+                                  max_pixels=cfg.data.max_pixels, scale=(cfg.data.crop_scale_min, 1.0),
+                                  order=cfg.data.order)
         self.ema = EMA(cfg.train.ema_decay)
         self.step = 0
         self.growth_history: list = []
@@ -209,7 +210,8 @@ class Trainer:
 
     def _log(self, writer, window, seconds, samples_per_step, peak_tflops) -> None:
         skipped = torch.tensor([sum(self.loader.skipped.values())], dtype=torch.float64)
-        dist.all_reduce(skipped, group=self.dp_group)
+        if self.cfg.data.order == "sharded":  # global order: every rank already counts the whole stream
+            dist.all_reduce(skipped, group=self.dp_group)
         if writer is None:
             return
         module = self.engine.module

@@ -140,19 +140,20 @@ class _Streams(IterableDataset):
 
     def batch(self, images, captions, worker, epoch, consumed, skipped):
         meta = {"worker": worker, "epoch": epoch, "consumed": consumed, "skipped": dict(skipped)}
-        return normalize_batch(images), self.loader.tokenizer(captions), meta
+        rows = self.loader.rows  # global order: this rank's slice of the global batch
+        return normalize_batch(images[rows]), self.loader.tokenizer(captions[rows]), meta
 
     def __iter__(self):
         ld = self.loader
         info = get_worker_info()
         worker = ((info.id if info else 0) + self.rotate) % ld.workers_per_rank
-        stream = ld.dp_rank * ld.workers_per_rank + worker
+        stream = ld.stream_rank * ld.workers_per_rank + worker
         position = self.positions[worker]
         epoch, skip_items = position["epoch"], position["consumed"]
         skipped = Counter(position["skipped"])
         images, captions, barren = [], [], 0
         while True:
-            rng = random.Random(seed_of("buffer", ld.seed, epoch, ld.dp_rank, worker))
+            rng = random.Random(seed_of("buffer", ld.seed, epoch, ld.stream_rank, worker))
             used = consumed = 0
             for consumed, item in enumerate(shuffled(self.epoch_items(epoch, stream), ld.shuffle_buffer, rng), 1):
                 if consumed <= skip_items:  # fast-forward after resume: no decoding
@@ -161,18 +162,18 @@ class _Streams(IterableDataset):
                 if isinstance(out, str):
                     skipped[out] += 1
                     continue
-                if len(images) == ld.batch_size:  # a full batch leaves only now, so it counts the skips after it
+                if len(images) == ld.stream_batch:  # a full batch leaves only now, so it counts the skips after it
                     yield self.batch(images, captions, worker, epoch, consumed - 1, skipped)
                     images, captions = [], []
                 images.append(out[0])
                 captions.append(out[1])
                 used += 1
-            if len(images) == ld.batch_size:
+            if len(images) == ld.stream_batch:
                 yield self.batch(images, captions, worker, epoch, max(consumed, skip_items), skipped)
                 images, captions = [], []
             barren = barren + 1 if used == 0 else 0
             if barren >= BARREN_EPOCHS:
-                raise RuntimeError(f"data stream {stream} (rank {ld.dp_rank}, worker {worker}) found no usable sample "
+                raise RuntimeError(f"data stream {stream} (rank {ld.stream_rank}, worker {worker}) found no usable sample "
                                    f"in {barren} epochs; skipped {dict(skipped)}")
             epoch, skip_items = epoch + 1, 0
 
@@ -182,11 +183,17 @@ class TrainLoader:
 
     State (see module docstring) is per DP rank; `load_state_dict` also accepts the list of all ranks' states
     and picks this rank's entry. Keep one live iterator per loader: its batches update the loader's state.
+
+    order="sharded" (default): each DP rank reads its own shards, so the global batch depends on dp_world.
+    order="global": every rank reads the same stream of global batches (batch_size * dp_world samples) and keeps
+    rows [dp_rank*batch_size, (dp_rank+1)*batch_size). The sample order then depends only on the global batch,
+    so runs at different layouts see the same data and a resume survives a change of dp_world (growth, resharding,
+    parity tests). It costs dp_world x the reading and decoding, so use it where that matters.
     """
 
     def __init__(self, shards: list[str], tokenizer, image_size: int, batch_size: int, dp_rank: int, dp_world: int,
                  workers: int = 1, seed: int = 0, shuffle_buffer: int = 1000, max_pixels: int = 50_000_000,
-                 scale=(0.9, 1.0)):
+                 scale=(0.9, 1.0), order: str = "sharded"):
         if not shards:
             raise ValueError("TrainLoader needs at least one shard")
         if not 0 <= dp_rank < dp_world:
@@ -195,8 +202,15 @@ class TrainLoader:
         self.dp_rank, self.dp_world, self.workers, self.seed = dp_rank, dp_world, workers, seed
         self.shuffle_buffer, self.max_pixels = shuffle_buffer, max_pixels
         self.transform = train_transform(image_size, scale)
+        if order not in ("sharded", "global"):
+            raise ValueError(f"order must be 'sharded' or 'global', got {order!r}")
+        self.order = order
+        is_global = order == "global"
+        self.stream_rank, self.stream_world = (0, 1) if is_global else (dp_rank, dp_world)
+        self.stream_batch = batch_size * dp_world if is_global else batch_size
+        self.rows = slice(dp_rank * batch_size, (dp_rank + 1) * batch_size) if is_global else slice(None)
         self.workers_per_rank = max(workers, 1)
-        self.streams = dp_world * self.workers_per_rank
+        self.streams = self.stream_world * self.workers_per_rank
         if len(self.shards) < self.streams:
             log.warning("%d shards < %d streams (dp_world %d x workers %d): every stream reads all shards and "
                         "keeps samples by index modulo %d", len(self.shards), self.streams, dp_world,
@@ -207,7 +221,8 @@ class TrainLoader:
     def _layout(self) -> dict:
         names = "\n".join("/".join(Path(p).parts[-2:]) for p in self.shards).encode()  # survives moving the data
         return {"shards_sha256": hashlib.sha256(names).hexdigest(), "num_shards": len(self.shards), "seed": self.seed,
-                "dp_world": self.dp_world, "workers": self.workers_per_rank, "shuffle_buffer": self.shuffle_buffer}
+                "dp_world": self.stream_world, "workers": self.workers_per_rank, "shuffle_buffer": self.shuffle_buffer,
+                "order": self.order}
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         dataset = _Streams(self, [dict(p) for p in self._positions], self._next_worker)
@@ -225,12 +240,12 @@ class TrainLoader:
         return dict(total)
 
     def state_dict(self) -> dict:
-        return {"version": 1, "dp_rank": self.dp_rank, "layout": self._layout(), "next_worker": self._next_worker,
+        return {"version": 1, "dp_rank": self.stream_rank, "layout": self._layout(), "next_worker": self._next_worker,
                 "positions": [{**p, "skipped": dict(p["skipped"])} for p in self._positions]}
 
     def load_state_dict(self, state: dict | list[dict]) -> None:
         states = state if isinstance(state, list) else [state]
-        mine = [s for s in states if s["dp_rank"] == self.dp_rank]
+        mine = [s for s in states if s["dp_rank"] == self.stream_rank]
         if mine and mine[0]["layout"] == self._layout():
             self._positions = [{**p, "skipped": dict(p["skipped"])} for p in mine[0]["positions"]]
             self._next_worker = mine[0]["next_worker"]

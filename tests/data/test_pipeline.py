@@ -147,3 +147,20 @@ def test_no_usable_sample_raises(tmp_path, tokenizer):
     (tmp_path / "noise.tar").write_bytes(b"\x01" * 3000)
     with pytest.raises(RuntimeError, match="no usable sample"):
         take(TrainLoader([str(tmp_path / "noise.tar")], tokenizer, 8, 2, 0, 1, workers=0), 1)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_global_order_is_the_same_at_every_data_parallel_size(synthetic_shards, tokenizer, workers):
+    """order=global: the ranks' slices of each batch, in rank order, are the single-rank global batch, and a
+    state saved at dp_world=2 resumes exactly at dp_world=1 (and back)."""
+    single = take(TrainLoader(synthetic_shards, tokenizer, 20, 8, 0, 1, workers=workers, order="global"), 4)
+    halves = [TrainLoader(synthetic_shards, tokenizer, 20, 4, r, 2, workers=workers, order="global") for r in (0, 1)]
+    its = [iter(h) for h in halves]
+    for step in range(2):
+        parts = [next(it) for it in its]
+        assert torch.equal(torch.cat([p[0] for p in parts]), single[step][0])
+        assert torch.equal(torch.cat([p[1] for p in parts]), single[step][1])
+    resumed = TrainLoader(synthetic_shards, tokenizer, 20, 8, 0, 1, workers=workers, order="global")
+    resumed.load_state_dict([h.state_dict() for h in halves])
+    for step, (images, texts) in enumerate(take(resumed, 2), start=2):
+        assert torch.equal(images, single[step][0]) and torch.equal(texts, single[step][1])
