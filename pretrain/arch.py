@@ -57,6 +57,13 @@ def mlp_hidden(width: int, mlp_ratio: float) -> int:
     return int(width * mlp_ratio)
 
 
+def block_flops(width: int, mlp_ratio: float, tokens: int, causal: bool = False) -> float:
+    """Forward FLOPs (multiply-add = 2) of one pre-LN block on one sample: QKV, out, MLP, and attention
+    scores + values (half of them under a causal mask)."""
+    per_token = 2 * (4 * width * width + 2 * width * mlp_hidden(width, mlp_ratio))
+    return tokens * per_token + 2 * 2 * tokens * tokens * width * (0.5 if causal else 1.0)
+
+
 @dataclass(frozen=True)
 class Architecture:
     vision: VisionTower = field(default_factory=VisionTower)
@@ -103,22 +110,31 @@ class Architecture:
 
     def flops_per_sample(self) -> float:
         """Forward FLOPs (multiply-add = 2) of one image-text pair; training is about 3x this."""
-        def blocks(layers, width, mlp_ratio, n, heads_causal=False):
-            per_token = 2 * (4 * width * width + 2 * width * mlp_hidden(width, mlp_ratio))
-            attn = 2 * 2 * n * n * width * (0.5 if heads_causal else 1.0)
-            return layers * (n * per_token + attn)
-
         v, t, s = self.vision, self.text, self.shared
-        f = blocks(v.layers, v.width, v.mlp_ratio, v.tokens)
-        f += 2 * (v.grid ** 2) * (3 * v.patch * v.patch) * v.width
-        f += blocks(t.layers, t.width, t.mlp_ratio, t.context, True)
-        if s.layers:
-            f += blocks(s.layers, s.width, s.mlp_ratio, v.tokens)
-            f += blocks(s.layers, s.width, s.mlp_ratio, t.context, True)
-            f += 2 * v.tokens * v.width * s.width * (v.width != s.width)
-            f += 2 * t.context * t.width * s.width * (t.width != s.width)
-        f += 2 * (self.vision_out_width + self.text_out_width) * self.embed_dim
-        return float(f)
+        f = v.layers * block_flops(v.width, v.mlp_ratio, v.tokens) + self.patch_embed_flops()
+        f += t.layers * block_flops(t.width, t.mlp_ratio, t.context, causal=True)
+        f += s.layers * self.shared_block_flops() + self.adapter_flops()
+        return float(f + self.head_flops())
+
+    def patch_embed_flops(self) -> float:
+        v = self.vision
+        return 2.0 * (v.grid ** 2) * (3 * v.patch * v.patch) * v.width
+
+    def shared_block_flops(self) -> float:
+        """One shared block, run on the image tokens and on the text tokens."""
+        s = self.shared
+        return (block_flops(s.width, s.mlp_ratio, self.vision.tokens)
+                + block_flops(s.width, s.mlp_ratio, self.text.context, causal=True))
+
+    def adapter_flops(self) -> float:
+        s, v, t = self.shared, self.vision, self.text
+        if not s.layers:
+            return 0.0
+        return 2.0 * (v.tokens * v.width * s.width * (v.width != s.width)
+                      + t.context * t.width * s.width * (t.width != s.width))
+
+    def head_flops(self) -> float:
+        return 2.0 * (self.vision_out_width + self.text_out_width) * self.embed_dim
 
     # ---- (de)serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -120,14 +120,19 @@ def read_client_state(tag_dir: Path) -> dict:
     return sd[CLIENT_KEY]
 
 
+def load_universal_tensor(path: Path) -> torch.Tensor:
+    """One tensor of a universal checkpoint; its metadata may hold DeepSpeed's SubparamShape (fused QKV)."""
+    from deepspeed.checkpoint.universal_checkpoint import SubparamShape
+    with torch.serialization.safe_globals([SubparamShape]):
+        return torch.load(path, map_location="cpu", weights_only=True)["param"]
+
+
 def full_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """fp32 full weights of a DeepSpeed (ZeRO 0-3) or universal checkpoint, canonical names."""
     tag_dir = Path(tag_dir)
     if is_universal(tag_dir):
-        out = {}
-        for p in sorted(d for d in (tag_dir / "zero").iterdir() if d.is_dir()):
-            out[p.name] = torch.load(p / "fp32.pt", map_location="cpu", weights_only=True)["param"]
-        return out
+        return {p.name: load_universal_tensor(p / "fp32.pt") for p in sorted((tag_dir / "zero").iterdir())
+                if p.is_dir()}
     if list(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))

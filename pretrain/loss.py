@@ -6,14 +6,32 @@ gradients over ranks they equal the gradient of the single-process loss on the c
 """
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's rows. Written here because
+    torch.distributed.nn.all_gather's backward scatters with group ranks as global ranks, which fails on any
+    subgroup (our data-parallel group under tensor or pipeline parallelism) with gloo."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group, ctx.rank, ctx.rows = group, dist.get_rank(group), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None
 
 
 def gather_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return x
-    return torch.cat(dist_nn.all_gather(x, group=group), dim=0)
+    return _GatherWithGrad.apply(x, group)
 
 
 def clip_loss_torch(image_local, text_local, image_all, text_all, scale, offset: int = 0) -> torch.Tensor:

@@ -74,17 +74,29 @@ def _no_init(_):
     pass  # weights are copied in from the full model
 
 
-class ColumnParallel(tensor_parallel.ColumnParallelLinear):
+class NoExtraState:
+    """megatron-core layers put a `_extra_state` entry (None, for Transformer Engine) in their state dict.
+    It is no parameter, breaks name-for-name loading across layouts, and DeepSpeed's ds_to_universal crashes
+    on it (None.float()), so these layers keep torch's default of no extra state."""
+    get_extra_state = nn.Module.get_extra_state
+    set_extra_state = nn.Module.set_extra_state
+
+
+class ColumnParallel(NoExtraState, tensor_parallel.ColumnParallelLinear):
     def forward(self, x):
         return super().forward(x)[0]
 
 
-class RowParallel(tensor_parallel.RowParallelLinear):
+class RowParallel(NoExtraState, tensor_parallel.RowParallelLinear):
     def forward(self, x):
         return super().forward(x)[0]
 
 
-class ColumnParallelQKV(tensor_parallel.ColumnParallelLinear):
+class VocabParallel(NoExtraState, tensor_parallel.VocabParallelEmbedding):
+    pass
+
+
+class ColumnParallelQKV(NoExtraState, tensor_parallel.ColumnParallelLinear):
     """Column-parallel QKV whose (sharded) weights stay on the attention module as in_proj_weight/bias."""
 
     def forward(self, x, weight, bias):
@@ -139,7 +151,7 @@ def apply_tensor_parallel(model: nn.Module, tp: int) -> nn.Module:
         if cut in ("column", "row"):
             setattr(parent, child, _swap_linear(module, cut, cfg, rank, tp))
         elif cut == "vocab":
-            emb = tensor_parallel.VocabParallelEmbedding(padded_vocab(module.num_embeddings, tp),
+            emb = VocabParallel(padded_vocab(module.num_embeddings, tp),
                                                          module.embedding_dim, init_method=_no_init, config=cfg)
             with torch.no_grad():
                 emb.weight.copy_(shard(module.weight, "vocab", rank, tp))
