@@ -28,7 +28,7 @@ from .loss import contrastive_loss
 from .model import CLIP, set_backend
 from .optim import cosine_with_warmup, param_groups
 from .parallel.groups import init_groups
-from .parallel.layout import Layout
+from .parallel.layout import Layout, LayoutError
 from .parallel.tensor import apply_tensor_parallel, gather_full, shard, split_of
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for the MFU estimate
@@ -70,6 +70,9 @@ class Trainer:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.layout = Layout.for_world(world, cfg.parallel.tp, cfg.parallel.pp)
         self.layout.validate(self.arch, ds_config.get("zero_optimization", {}).get("stage", 0))
+        if self.layout.pp > 1:
+            raise LayoutError(f"pp={self.layout.pp}: the pipeline engine across both towers is planned "
+                              f"(pretrain/parallel/pipeline_plan.py) but not wired into training yet; use pp=1")
 
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.rank = dist.get_rank()

@@ -39,6 +39,7 @@ SMALL_MODEL = ["model.vision.layers=2", "model.vision.width=64", "model.vision.h
 
 def launch(out_dir: Path, data: dict, *overrides: str, nproc: int = 2, ds_config: str = "ds_configs/zero2.json",
            resume: str | None = None, check: bool = True, extra_args=()) -> subprocess.CompletedProcess:
+    """extra_args: launcher-level flags of main.py, e.g. ("--tp", "2")."""
     """`deepspeed --num_gpus N pretrain/main.py ...` on the CPU (gloo), as a user runs it."""
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
            str(free_port()), "pretrain/main.py", "--config", "configs/demo.yaml", "--deepspeed_config", ds_config,
@@ -53,6 +54,18 @@ def launch(out_dir: Path, data: dict, *overrides: str, nproc: int = 2, ds_config
     if check and proc.returncode != 0:
         raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def to_universal(run_or_tag: Path, out_root: Path) -> Path:
+    """`python -m deepspeed.checkpoint.ds_to_universal` on a run's latest checkpoint; returns the new tag dir."""
+    from pretrain import checkpoint as ckpt
+    base, tag = ckpt.resolve(run_or_tag)
+    out = Path(out_root) / tag
+    proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                           str(base / tag), "--output_folder", str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"ds_to_universal failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return out
 
 
 def metrics(out_dir: Path) -> dict[int, dict]:
