@@ -48,7 +48,7 @@ def test_custom_config_import_and_export_round_trip():
     _assert_same(ours, theirs, arch)
     back = import_openclip(theirs.state_dict(), arch).eval()  # open_clip -> ours
     _assert_same(back, theirs, arch)
-    assert all(torch.equal(v, back.state_dict()[k]) for k, v in export_openclip(ours).items())
+    assert all(torch.equal(v, export_openclip(back)[k]) for k, v in export_openclip(ours).items())
 
 
 def test_shared_encoder_cannot_export():
