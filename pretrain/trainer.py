@@ -196,14 +196,15 @@ class Trainer:
                       "grad_norm": None if norm is None else float(norm), "batches": all_fps}
             history.append(record)
             window.append(loss)
+            if self.step % cfg.log_every == 0 or self.step == last:
+                record["skipped"] = self._skipped()
+                self._log(writer, window, time.time() - t0, samples_per_step, peak, record["skipped"])
+                window, t0 = [], time.time()
             if self.rank == 0:
                 with open(self.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
-            if self.step % cfg.log_every == 0 or self.step == last:
-                self._log(writer, window, time.time() - t0, samples_per_step, peak)
-                window, t0 = [], time.time()
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == last:
                 self.save()
         bar.close()
@@ -211,22 +212,31 @@ class Trainer:
             writer.close()
         return history
 
-    def _log(self, writer, window, seconds, samples_per_step, peak_tflops) -> None:
-        skipped = torch.tensor([sum(self.loader.skipped.values())], dtype=torch.float64)
-        if self.cfg.data.order == "sharded":  # global order: every rank already counts the whole stream
-            dist.all_reduce(skipped, group=self.dp_group)
+    def _skipped(self) -> dict[str, int]:
+        """Bad samples skipped so far, by reason, over the whole data stream."""
+        if self.cfg.data.order == "global":  # every rank already counts the whole stream
+            return dict(self.loader.skipped)
+        counts = [None] * self.layout.dp
+        dist.all_gather_object(counts, self.loader.skipped, group=self.dp_group)
+        total: dict[str, int] = {}
+        for c in counts:
+            for reason, n in c.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
+    def _log(self, writer, window, seconds, samples_per_step, peak_tflops, skipped: dict) -> None:
         if writer is None:
             return
         module = self.engine.module
         sps = len(window) * samples_per_step / max(seconds, 1e-9)
         scalars = {"train/loss": sum(window) / len(window), "train/lr": self.engine.get_lr()[0],
                    "train/logit_scale": module.scale().item() if self.engine.zero_optimization_stage() < 3 else 0.0,
-                   "train/samples_per_s": sps, "data/skipped": skipped.item()}
+                   "train/samples_per_s": sps, "data/skipped": sum(skipped.values())}
         if peak_tflops:
             scalars["train/mfu"] = 3 * self.arch.flops_per_sample() * sps / (peak_tflops * 1e12 * self.layout.world)
         for k, v in scalars.items():
             writer.add_scalar(k, v, self.step)
-        for reason, n in self.loader.skipped.items():
+        for reason, n in skipped.items():
             writer.add_scalar(f"data/skipped_{reason}", n, self.step)
         writer.flush()
 

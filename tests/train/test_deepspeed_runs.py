@@ -60,3 +60,17 @@ def test_bad_config_stops_before_training(tiny_data, tmp_path):
     assert proc.returncode != 0
     assert "vision.width=64 is not divisible by vision.heads=3" in proc.stderr + proc.stdout
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_bad_samples_are_skipped_counted_and_training_goes_on(tiny_data, tmp_path):
+    """A shard with a corrupt member, a truncated PNG, a 20000x20000 PNG header and an empty caption: training
+    runs, and the skip counter after the first global batch (which ends the shard's only epoch) is 4."""
+    from tests.data.helpers import good_sample, png_bytes, png_header_only, write_tar
+    bad = [{"__key__": "bad0", "png": b"not a png at all", "txt": b"picture number 1"},
+           {"__key__": "bad1", "png": png_bytes(1)[:40], "txt": b"picture number 2"},
+           {"__key__": "bad2", "png": png_header_only(20000, 20000), "txt": b"picture number 3"},
+           {"__key__": "bad3", "png": png_bytes(3), "txt": b"   "}]
+    shard = write_tar(tmp_path / "bad.tar", [good_sample(i) for i in range(30)] + bad + [good_sample(30), good_sample(31)])
+    launch(tmp_path / "run", {**tiny_data, "shards": shard}, "train.steps=1", "data.order=global",
+           "data.workers=0", "data.shuffle_buffer=1")
+    assert metrics(tmp_path / "run")[1]["skipped"] == {"bad_image": 2, "too_large": 1, "empty_caption": 1}
