@@ -11,10 +11,11 @@ NPROC ?= 2
 .PHONY: install data demo train test bench clean
 
 install: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 # Fashion-MNIST + WordNet (Debian packages), then webdataset shards and a sentencepiece tokenizer.

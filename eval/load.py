@@ -1,10 +1,15 @@
 """Any checkpoint -> a single-device CLIP, its tokenizer and its eval transform.
 
-Accepts a run folder, a DeepSpeed checkpoint folder or tag (ZeRO 0-3), or a universal checkpoint. With
+Accepted: a run folder, a DeepSpeed checkpoint folder or tag (ZeRO 0-3, any data-parallel size), a universal
+checkpoint, or an OpenCLIP export (a folder as eval/export.py writes it, or a bare state-dict file). With
 `weights="ema"` the momentum (EMA) weights stored in the client state are loaded instead of the live ones.
+An OpenCLIP state dict carries no tokenizer and no head counts: `tokenizer` names the SentencePiece model, and
+heads come from open_clip_config.json beside the weights when there (else OpenCLIP's width / 64).
 """
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +20,10 @@ from pretrain.arch import Architecture
 from pretrain.data.tokenizer import Tokenizer
 from pretrain.data.transforms import eval_transform
 from pretrain.model import CLIP
+from pretrain.model.openclip import arch_from_openclip_config, arch_from_state_dict, import_openclip
+
+OPENCLIP_CONFIG = "open_clip_config.json"
+OPENCLIP_WEIGHTS = ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "open_clip_model.pt")
 
 
 @dataclass
@@ -23,28 +32,81 @@ class Loaded:
     tokenizer: Tokenizer
     transform: object
     arch: Architecture
-    step: int
+    step: int | None  # None for an OpenCLIP export without our metadata
     path: Path
+    format: str  # deepspeed | universal | openclip
 
 
-def load_checkpoint(path: str | Path, weights: str = "live", device: str = "cpu") -> Loaded:
+def load_checkpoint(path: str | Path, weights: str = "live", device: str = "cpu",
+                    tokenizer: str | Path | None = None) -> Loaded:
+    if weights not in ("live", "ema"):
+        raise ValueError(f"weights must be 'live' or 'ema', got {weights!r}")
+    path = Path(path)
+    if path.is_file() or (path / OPENCLIP_CONFIG).is_file():
+        if weights == "ema":
+            raise ckpt.CheckpointError(f"{path}: an OpenCLIP export holds one set of weights; --weights ema needs "
+                                       f"a DeepSpeed or universal checkpoint")
+        return _load_openclip(path, device, tokenizer)
     base, tag = ckpt.resolve(path)
     tag_dir = base / tag
     client = ckpt.read_client_state(tag_dir)
+    tp = client.get("layout", {}).get("tp", 1)
+    if tp > 1 and not ckpt.is_universal(tag_dir):
+        raise ckpt.CheckpointError(f"{tag_dir}: a tensor-parallel checkpoint (tp={tp}); convert it with python -m "
+                                   f"deepspeed.checkpoint.ds_to_universal and evaluate the universal checkpoint")
     arch = Architecture.from_dict(client["architecture"], source=str(tag_dir))
-    tok_file = tag_dir / "tokenizer.model"
-    if not tok_file.is_file():
-        raise ckpt.CheckpointError(f"{tag_dir}: missing tokenizer.model")
-    tokenizer = Tokenizer(str(tok_file), arch.text.context)
-    if tokenizer.sha256 != client["tokenizer_sha256"]:
-        raise ckpt.CheckpointError(f"{tok_file}: sha256 does not match the checkpoint's tokenizer hash")
-    if weights == "ema":
-        state = client["ema"]["shadow"]
-    elif weights == "live":
-        state = ckpt.full_state_dict(tag_dir)
-    else:
-        raise ValueError(f"weights must be 'live' or 'ema', got {weights!r}")
+    tok = _tokenizer(Path(tokenizer) if tokenizer else _find_tokenizer(tag_dir, client), arch, tag_dir)
+    if tok.sha256 != client["tokenizer_sha256"]:
+        raise ckpt.CheckpointError(f"{tok.model_path}: sha256 does not match the checkpoint's tokenizer hash")
+    if weights == "ema" and not (client.get("ema") or {}).get("shadow"):
+        raise ckpt.CheckpointError(f"{tag_dir}: no EMA weights in the client state")
+    state = client["ema"]["shadow"] if weights == "ema" else ckpt.full_state_dict(tag_dir)
     model = CLIP(arch)
     model.load_state_dict(state, strict=True)
-    return Loaded(model.to(device).eval(), tokenizer, eval_transform(arch.vision.image_size), arch,
-                  client["step"], tag_dir)
+    return Loaded(model.to(device).eval(), tok, eval_transform(arch.vision.image_size), arch, client["step"], tag_dir,
+                  "universal" if ckpt.is_universal(tag_dir) else "deepspeed")
+
+
+def _find_tokenizer(tag_dir: Path, client: dict) -> Path:
+    """The checkpoint's own copy; else (ds_to_universal does not copy it) the file the run was configured with,
+    if it is still there: the sha256 check that follows makes sure it is the same tokenizer."""
+    trained_with = Path(client.get("run_config", {}).get("data", {}).get("tokenizer") or tag_dir / "tokenizer.model")
+    return tag_dir / "tokenizer.model" if (tag_dir / "tokenizer.model").is_file() else trained_with
+
+
+def _tokenizer(path: Path, arch: Architecture, source: Path) -> Tokenizer:
+    if not path.is_file():
+        raise ckpt.CheckpointError(f"{source}: no tokenizer at {path}; pass --tokenizer PATH (the SentencePiece "
+                                   f".model the checkpoint was trained with)")
+    tok = Tokenizer(str(path), arch.text.context)
+    if tok.vocab_size != arch.text.vocab:
+        raise ckpt.CheckpointError(f"{path}: {tok.vocab_size} token ids, but {source} has text.vocab={arch.text.vocab}")
+    return tok
+
+
+def _load_openclip(path: Path, device: str, tokenizer: str | Path | None) -> Loaded:
+    folder = path.parent if path.is_file() else path
+    weights = path if path.is_file() else next((folder / n for n in OPENCLIP_WEIGHTS if (folder / n).is_file()), None)
+    if weights is None:
+        raise ckpt.CheckpointError(f"{folder}: no OpenCLIP weights (one of {', '.join(OPENCLIP_WEIGHTS)})")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ckpt.CheckpointError(f"{weights}: not a torch state dict ({e.__class__.__name__}: {e})") from e
+    if ckpt.CLIENT_KEY in state:
+        raise ckpt.CheckpointError(f"{weights} is a DeepSpeed model-states file; pass its folder {folder}")
+    state = state.get("state_dict", state)  # an OpenCLIP training checkpoint wraps it
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    config = json.loads((folder / OPENCLIP_CONFIG).read_text()) if (folder / OPENCLIP_CONFIG).is_file() else {}
+    if "architecture" in config.get("growclip", {}):  # our own export: the exact architecture
+        arch = Architecture.from_dict(config["growclip"]["architecture"], source=str(folder / OPENCLIP_CONFIG))
+    elif "model_cfg" in config:
+        arch = arch_from_openclip_config(config["model_cfg"])
+    else:
+        arch = arch_from_state_dict(state)
+        print(f"[eval] {weights}: no {OPENCLIP_CONFIG}; assuming OpenCLIP's head width 64 "
+              f"(vision.heads={arch.vision.heads}, text.heads={arch.text.heads})", file=sys.stderr)
+    tok = _tokenizer(Path(tokenizer) if tokenizer else folder / "tokenizer.model", arch, weights)
+    model = import_openclip(state, arch)
+    return Loaded(model.to(device).eval(), tok, eval_transform(arch.vision.image_size), arch,
+                  config.get("growclip", {}).get("step"), weights, "openclip")

