@@ -50,10 +50,6 @@ def load_checkpoint(path: str | Path, weights: str = "live", device: str = "cpu"
     base, tag = ckpt.resolve(path)
     tag_dir = base / tag
     client = ckpt.read_client_state(tag_dir)
-    tp = client.get("layout", {}).get("tp", 1)
-    if tp > 1 and not ckpt.is_universal(tag_dir):
-        raise ckpt.CheckpointError(f"{tag_dir}: a tensor-parallel checkpoint (tp={tp}); convert it with python -m "
-                                   f"deepspeed.checkpoint.ds_to_universal and evaluate the universal checkpoint")
     arch = Architecture.from_dict(client["architecture"], source=str(tag_dir))
     tok = _tokenizer(Path(tokenizer) if tokenizer else _find_tokenizer(tag_dir, client), arch, tag_dir)
     if tok.sha256 != client["tokenizer_sha256"]:

@@ -133,8 +133,25 @@ def full_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     if is_universal(tag_dir):
         return {p.name: load_universal_tensor(p / "fp32.pt") for p in sorted((tag_dir / "zero").iterdir())
                 if p.is_dir()}
+    if (tag_dir / "mp_rank_01_model_states.pt").is_file():  # tensor-parallel shards: merge with DeepSpeed's tool
+        return _via_universal(tag_dir)
     if list(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
     sd = torch.load(tag_dir / MODEL_STATES, map_location="cpu", weights_only=True)
     return {k: v.float() for k, v in sd["module"].items()}
+
+
+def _via_universal(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """Full weights of a tensor-parallel DeepSpeed checkpoint, merged by DeepSpeed's own ds_to_universal (with
+    our universal_checkpoint_info) into a temporary folder; the checkpoint itself is not touched."""
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="growclip-universal-") as tmp:
+        out = Path(tmp) / tag_dir.name
+        proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                               str(tag_dir), "--output_folder", str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CheckpointError(f"{tag_dir}: ds_to_universal failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return full_state_dict(out)

@@ -49,6 +49,9 @@ class TrainConfig:
     stop_after: int = 0              # stop (and save) after this step, keeping the schedule of `steps`: for
                                      # jobs split across allocations; 0: run to `steps`
     kernels: str = "auto"            # auto: triton on CUDA, torch elsewhere
+    eval_every: int = 0              # run eval tasks every N steps (0: never); see eval/README.md
+    eval_tasks: str = "fashion_mnist"  # as `python -m eval --tasks`
+    eval_limit: int = 1000           # first N samples of each task (0: all)
 
 
 @dataclass
@@ -144,8 +147,8 @@ def validate(cfg: RunConfig, source: str) -> None:
     for name in ("steps", "micro_batch", "grad_accum", "log_every"):
         if getattr(t, name) <= 0:
             raise ConfigError(f"{source}: train.{name} must be positive, got {getattr(t, name)}")
-    if t.warmup < 0 or t.save_every < 0 or t.stop_after < 0:
-        raise ConfigError(f"{source}: train.warmup, train.save_every and train.stop_after must be >= 0")
+    if min(t.warmup, t.save_every, t.stop_after, t.eval_every, t.eval_limit) < 0:
+        raise ConfigError(f"{source}: train.warmup, save_every, stop_after, eval_every and eval_limit must be >= 0")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"{source}: train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if t.kernels not in ("auto", "torch", "triton"):

@@ -64,6 +64,13 @@ class Trainer:
         self.arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
         self.tokenizer = Tokenizer(cfg.data.tokenizer, self.arch.text.context)
         self._check_compatible(client)
+        if cfg.train.eval_every:  # a bad task name stops the run here, not at the first eval
+            from eval.data import EvalDataError
+            from eval.tasks import parse as parse_eval_tasks
+            try:
+                parse_eval_tasks(cfg.train.eval_tasks)
+            except EvalDataError as e:
+                raise ConfigError(f"train.eval_tasks: {e}") from e
         ds_config = prepare_ds_config(ds_config, cfg, universal=bool(resume_dir and ckpt.is_universal(resume_dir)))
         self.shards = load_shards(cfg.data.shards)
 
@@ -205,6 +212,8 @@ class Trainer:
                     f.write(json.dumps(record) + "\n")
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self._evaluate(writer)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == last:
                 self.save()
         bar.close()
@@ -239,6 +248,24 @@ class Trainer:
         for reason, n in skipped.items():
             writer.add_scalar(f"data/skipped_{reason}", n, self.step)
         writer.flush()
+
+    def _evaluate(self, writer) -> None:
+        """Every rank takes part: each embeds its share of each task on a single-device model (the engine's
+        module under ZeRO 0-2 at tp=1, else a full copy gathered from ZeRO-3 partitions / TP shards)."""
+        from eval import intrain
+
+        from .data.transforms import eval_transform
+        model = intrain.single_device_model(self.engine, self.tp_group)
+        results = intrain.run(model, self.tokenizer, eval_transform(self.arch.vision.image_size),
+                              self.cfg.train.eval_tasks, self.cfg.train.eval_limit, dist.get_rank(),
+                              dist.get_world_size())
+        del model
+        if writer is not None:
+            for k, v in results.items():
+                writer.add_scalar(f"eval/{k}", v, self.step)
+            writer.flush()
+            with open(self.out / "eval.jsonl", "a") as f:  # not metrics.jsonl: one training record per step there
+                f.write(json.dumps({"step": self.step, **results}) + "\n")
 
     def save(self) -> Path:
         states = [None] * dist.get_world_size()

@@ -148,13 +148,3 @@ def test_foolbox_sets(fake, tmp_path_factory):
     opt = Options(progress=False, data_dir=data_dir)
     record = run_task(model, tokenizer, transform, parse("imagenet_foolbox")[0], opt)
     assert record["samples"] == 20 and not record["skipped"] and 0 <= record["metrics"]["acc5"] <= 1
-
-
-def test_tensor_parallel_checkpoint_asks_for_universal(trained, tmp_path):
-    base, tag = ckpt.resolve(trained)
-    shutil.copytree(base / tag, tmp_path / tag)
-    states = torch.load(tmp_path / tag / ckpt.MODEL_STATES, weights_only=True)
-    states[ckpt.CLIENT_KEY]["layout"]["tp"] = 2
-    torch.save(states, tmp_path / tag / ckpt.MODEL_STATES)
-    with pytest.raises(ckpt.CheckpointError, match=r"tensor-parallel checkpoint \(tp=2\); convert it with"):
-        load_checkpoint(tmp_path / tag)

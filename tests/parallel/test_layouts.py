@@ -2,7 +2,6 @@
 reshard between layouts. Real DeepSpeed + megatron-core on the CPU (gloo), fp32, global data order (every
 layout sees the same global batch of 16)."""
 import pytest
-import torch
 
 from pretrain import checkpoint as ckpt
 from tests.conftest import launch, metrics, to_universal
@@ -71,3 +70,20 @@ def test_universal_checkpoint_reshards_between_layouts(runs, source, target):
                   resume=str(universal))
     assert sorted(resumed) == [STEPS]
     assert abs(resumed[STEPS]["loss"] - uninterrupted[STEPS]["loss"]) <= 1e-6, (source, target)
+
+
+def test_tensor_parallel_checkpoint_evaluates_like_its_single_process_twin(runs):
+    """Issue 6: a checkpoint trained at (2,1,1) gives the (1,1,1) twin's zero-shot and retrieval numbers."""
+    import json
+    import subprocess
+    import sys
+    results = []
+    for layout in ((1, 1, 1), (2, 1, 1)):
+        _, out = get(runs, *layout)
+        path = out / "eval.json"
+        subprocess.run([sys.executable, "-m", "eval", "--checkpoint", str(out), "--tasks", "fashion_mnist",
+                        "--limit", "300", "--out", str(path)], check=True, capture_output=True)
+        results.append(json.loads(path.read_text())[0]["metrics"])
+    assert results[0].keys() == results[1].keys()
+    for key in results[0]:
+        assert results[0][key] == pytest.approx(results[1][key], abs=1e-6), key

@@ -74,3 +74,18 @@ def test_bad_samples_are_skipped_counted_and_training_goes_on(tiny_data, tmp_pat
     launch(tmp_path / "run", {**tiny_data, "shards": shard}, "train.steps=1", "data.order=global",
            "data.workers=0", "data.shuffle_buffer=1")
     assert metrics(tmp_path / "run")[1]["skipped"] == {"bad_image": 2, "too_large": 1, "empty_caption": 1}
+
+
+def test_in_training_eval_runs_on_every_rank_and_logs(tiny_data, tmp_path):
+    import json
+    launch(tmp_path, tiny_data, "train.steps=2", "train.eval_every=2", "train.eval_limit=50")
+    rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2]
+    assert any(k.startswith("fashion_mnist") and 0.0 <= v <= 1.0 for k, v in rows[0].items() if k != "step"), rows
+
+
+def test_bad_eval_task_stops_before_training(tiny_data, tmp_path):
+    proc = launch(tmp_path, tiny_data, "train.steps=2", "train.eval_every=2", "train.eval_tasks=no_such_task",
+                  check=False)
+    assert proc.returncode != 0 and "train.eval_tasks" in proc.stderr + proc.stdout
+    assert not (tmp_path / "metrics.jsonl").exists()
