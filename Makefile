@@ -8,7 +8,7 @@ DATA ?= data
 RUN ?= runs/demo
 NPROC ?= 2
 
-.PHONY: install data demo train test bench clean
+.PHONY: install data demo train test bench bench-growth clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
@@ -44,6 +44,9 @@ test: install
 
 bench: install
 	$(PY) -m kernels.bench
+
+bench-growth: install
+	$(PY) -m growth.bench
 
 clean:
 	rm -rf runs

@@ -1,0 +1,127 @@
+"""The one index-map abstraction that every growth operator is written in.
+
+`IndexMap` describes one tensor dimension: for each target index, the source index it copies (`NEW` when it has
+none) and a scale. `TensorMap` is a whole tensor: its source tensor and one IndexMap per dimension. Applying a
+TensorMap is one `index_select` per non-identity dimension, so weights, EMA weights and both Adam moments of any
+parameter go through the same few lines: weights and `exp_avg` take the scale, `exp_avg_sq` its square (the
+method doc's rule), new entries take the fresh initialisation (or zero) for weights and zero for moments.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NEW = -1
+
+
+@dataclass(frozen=True, eq=False)
+class IndexMap:
+    src: torch.Tensor      # int64 [target size]: source index, or NEW
+    scale: torch.Tensor    # float64 [target size]
+    source_size: int
+
+    @classmethod
+    def identity(cls, n: int) -> "IndexMap":
+        return cls(torch.arange(n), torch.ones(n, dtype=torch.float64), n)
+
+    @classmethod
+    def new(cls, n: int) -> "IndexMap":
+        """n target indices with no source."""
+        return cls(torch.full((n,), NEW), torch.ones(n, dtype=torch.float64), 0)
+
+    @classmethod
+    def tile(cls, n_src: int, n_dst: int) -> "IndexMap":
+        """Channel duplication: target j copies source j % n_src (each source index n_dst / n_src times)."""
+        return cls(torch.arange(n_dst) % n_src, torch.ones(n_dst, dtype=torch.float64), n_src)
+
+    @classmethod
+    def concat(cls, maps: list["IndexMap"]) -> "IndexMap":
+        """Maps of consecutive blocks of one dimension ([q; k; v], heads), source indices offset per block."""
+        srcs, offset = [], 0
+        for m in maps:
+            srcs.append(torch.where(m.src == NEW, m.src, m.src + offset))
+            offset += m.source_size
+        return cls(torch.cat(srcs), torch.cat([m.scale for m in maps]), offset)
+
+    @property
+    def size(self) -> int:
+        return self.src.numel()
+
+    def copies(self) -> torch.Tensor:
+        """How many target indices copy each target's source index (1 for new ones)."""
+        counts = torch.bincount(self.src[self.src != NEW], minlength=max(self.source_size, 1))
+        return torch.where(self.src == NEW, 1, counts[self.src.clamp(min=0)]).to(torch.float64)
+
+    def fan_in(self) -> "IndexMap":
+        """The map for an input dimension: duplicated inputs are summed, so each copy's weight is divided."""
+        return IndexMap(self.src, self.scale / self.copies(), self.source_size)
+
+    def scaled(self, factor) -> "IndexMap":
+        return IndexMap(self.src, self.scale * factor, self.source_size)
+
+    def is_identity(self) -> bool:
+        return (self.size == self.source_size and torch.equal(self.src, torch.arange(self.size))
+                and bool((self.scale == 1).all()))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The implicit source of an adapter the source model does not have: the identity (moments zero)."""
+    size: int
+
+
+@dataclass(frozen=True, eq=False)
+class TensorMap:
+    source: str | Identity | None   # None: every entry is new
+    dims: tuple[IndexMap, ...] = ()
+    new: str = "init"               # new entries of the weights: "init" (fresh initialisation) or "zero"
+
+    def _gather(self, t: torch.Tensor, power: int) -> torch.Tensor:
+        for d, m in enumerate(self.dims):
+            if m.is_identity():
+                continue
+            t = t.index_select(d, m.src.clamp(min=0))
+            if not bool((m.scale == 1).all()):
+                t = t * _along(m.scale ** power, d, t.ndim).to(t.dtype)
+        return t
+
+    def new_mask(self, ndim: int) -> torch.Tensor | None:
+        """Broadcastable bool mask of the target entries that have no source (None when there are none)."""
+        mask = None
+        for d, m in enumerate(self.dims):
+            if bool((m.src == NEW).any()):
+                dim_mask = _along(m.src == NEW, d, ndim)
+                mask = dim_mask if mask is None else mask | dim_mask
+        return mask
+
+    def weights(self, src: torch.Tensor | None, init: torch.Tensor) -> torch.Tensor:
+        """T(θ): source entries copied and scaled; new entries from `init` (or zero)."""
+        if self.source is None:
+            return init.clone() if self.new == "init" else torch.zeros_like(init)
+        if isinstance(self.source, Identity):
+            src = torch.eye(self.source.size, dtype=init.dtype)
+        out = self._gather(src.to(init.dtype), 1)
+        mask = self.new_mask(out.ndim)
+        if mask is not None:
+            out = torch.where(mask, init if self.new == "init" else torch.zeros((), dtype=out.dtype), out)
+        return _fresh(out, src)
+
+    def moment(self, src: torch.Tensor | None, power: int, like: torch.Tensor) -> torch.Tensor:
+        """An Adam moment: entries copied with scale**power, new entries (and absent state) zero."""
+        if src is None or not isinstance(self.source, str):
+            return torch.zeros_like(like)
+        out = self._gather(src.to(like.dtype), power)
+        mask = self.new_mask(out.ndim)
+        return _fresh(out.masked_fill(mask, 0) if mask is not None else out, src)
+
+
+def _fresh(out: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """A grown tensor never aliases its source (an identity map gathers nothing)."""
+    return out.clone() if out.data_ptr() == src.data_ptr() else out.contiguous()
+
+
+def _along(v: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return v.view(shape)

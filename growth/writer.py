@@ -1,0 +1,63 @@
+"""Write the grown universal checkpoint: every parameter's fp32 weight and Adam moments, the model-states file
+DeepSpeed's universal loading reads its metadata from, and the global optimizer state.
+
+Parameters are streamed one at a time (a source parameter is read, grown and written before the next), so
+memory holds the fresh initialisation, the EMA and the module copy, never two optimizer states.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pretrain import checkpoint as ckpt
+from pretrain.arch import Architecture
+from pretrain.model import CLIP
+from pretrain.optim import no_decay
+
+from . import universal
+from .index_map import TensorMap
+from .pim import PIM, fresh_init
+from .transform import grow_parameter, source_of
+
+
+def param_shapes(model: torch.nn.Module) -> list[OrderedDict]:
+    """DeepSpeed's `param_shapes`: name -> shape per optimizer group, in pretrain.optim.param_groups order."""
+    groups = [OrderedDict(), OrderedDict()]
+    for name, p in model.named_parameters():
+        groups[no_decay(name, p)][name] = p.shape
+    return groups
+
+
+def write_grown(src_tag: Path, dst_tag: Path, dst: Architecture, plan: dict[str, TensorMap], states: dict,
+                client: dict, pim: PIM, reset_moments: bool, progress: bool) -> None:
+    """Write the grown tag folder from the universal `src_tag`. `states`: the source's model-states file;
+    `client`: the grown client state, whose EMA (still the source's) is grown here."""
+    init = fresh_init(dst, pim.seed)
+    with torch.device("meta"):
+        model = CLIP(dst)
+    uc_info = ckpt.universal_checkpoint_info([n for n, _ in model.named_parameters()], dst.text.vocab, 1)
+    ema = (client.get("ema") or {}).get("shadow") or {}
+    step = torch.zeros(()) if reset_moments else universal.read_step(src_tag)
+    module_dtype = next(iter(states["module"].values())).dtype if states.get("module") else torch.float32
+    module, grown_ema = OrderedDict(), {}
+    for name in tqdm(list(plan), desc="grow", disable=not progress, dynamic_ncols=True):
+        tmap = plan[name]
+        tensors = universal.load_parameter(src_tag, tmap.source) if isinstance(tmap.source, str) else {}
+        weight = source_of(tmap, ema) if pim.source == "ema" else tensors.get("fp32")
+        grown = grow_parameter(tmap, weight, tensors.get("exp_avg"), tensors.get("exp_avg_sq"), init[name],
+                               pim, reset_moments)
+        universal.save_parameter(dst_tag, name, grown, universal.entry_keys(name, init[name].shape, uc_info), step)
+        module[name] = grown["fp32"].to(module_dtype, copy=True)  # never aliases the EMA in the saved file
+        if ema:
+            grown_ema[name] = (grown["fp32"] if pim.source == "ema" else
+                               pim.blend(tmap.weights(source_of(tmap, ema), init[name]), init[name]))
+    shapes = param_shapes(model)
+    universal.write_optimizer_state(src_tag, dst_tag, [len(g) for g in shapes])
+    grown_client = {**client, "ema": {**client["ema"], "shadow": grown_ema}} if client.get("ema") else client
+    states = {**states, "module": module, "param_shapes": shapes, ckpt.CLIENT_KEY: grown_client,
+              "universal_checkpoint_info": uc_info, "mp_world_size": 1,  # the module written here is whole
+              "checkpoint_parallel_dimensions": {"pp_degree": 1, "tp_degree": 1}}
+    torch.save(states, dst_tag / ckpt.MODEL_STATES)

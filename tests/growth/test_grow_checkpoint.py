@@ -1,0 +1,156 @@
+"""Growing a real checkpoint: what is written, that DeepSpeed loads it exactly, and that training resumes from
+it at (tp, pp, dp) = (1, 1, 2) and (1, 1, 1) with the grown model's loss, then keeps learning."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from growth.hook import grow_checkpoint
+from growth.pim import PIM, fresh_init
+from growth.universal import load_parameter
+from pretrain import checkpoint as ckpt
+from pretrain.arch import Architecture
+from pretrain.data.manifest import load_shards
+from pretrain.data.pipeline import TrainLoader
+from pretrain.data.tokenizer import Tokenizer
+from pretrain.loss import clip_loss_torch
+from pretrain.model import CLIP
+from pretrain.trainer import batch_fingerprint
+from tests.conftest import ROOT, free_port, launch, metrics
+from tests.growth.conftest import MOVE, SOURCE_STEPS, tree_digest
+from tests.growth.helpers import TOL
+
+pytestmark = pytest.mark.slow
+
+
+def grown_model(tag_dir: Path) -> CLIP:
+    arch = Architecture.from_dict(ckpt.read_client_state(tag_dir)["architecture"])
+    model = CLIP(arch)
+    model.load_state_dict({n: load_parameter(tag_dir, n)["fp32"] for n, _ in model.named_parameters()})
+    return model.eval()
+
+
+def first_batches(tag_dir: Path, run: Path, dp: int):
+    """The batches the resumed run's ranks take first, built as the trainer builds them (pretrain/trainer.py):
+    the saved data position, which the loader only honours at the dp it was saved with."""
+    client = ckpt.read_client_state(tag_dir)
+    cfg = json.loads((run / "run_config.json").read_text())
+    data, train = cfg["data"], cfg["train"]
+    arch = Architecture.from_dict(client["architecture"])
+    options = {"order": data["order"]} if "order" in data else {}
+    batches = []
+    for rank in range(dp):
+        loader = TrainLoader(load_shards(data["shards"]), Tokenizer(data["tokenizer"], arch.text.context),
+                             arch.vision.image_size, train["micro_batch"], dp_rank=rank, dp_world=dp,
+                             workers=data["workers"], seed=train["seed"], shuffle_buffer=data["shuffle_buffer"],
+                             max_pixels=data["max_pixels"], scale=(data["crop_scale_min"], 1.0), **options)
+        if client.get("data"):  # the loader takes its rank's position, or restarts if the layout changed
+            loader.load_state_dict(client["data"])
+        batches.append(next(iter(loader)))
+    return batches
+
+
+@torch.no_grad()
+def single_process_loss(model: CLIP, batches) -> float:
+    image, text, scale = model(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    return clip_loss_torch(image, text, image, text, scale).item()
+
+
+def test_grown_checkpoint_contents(grown, source_run):
+    tag = f"step{SOURCE_STEPS:08d}"
+    assert (grown / "latest").read_text() == tag and (grown / "latest_universal").read_text() == tag
+    assert ckpt.resolve(grown) == (grown, tag)
+    tag_dir = grown / tag
+    src_client = ckpt.read_client_state(ckpt.resolve(source_run)[0] / tag)
+    states = torch.load(tag_dir / ckpt.MODEL_STATES, map_location="cpu", weights_only=True)
+    client = states[ckpt.CLIENT_KEY]
+    arch = Architecture.from_dict(client["architecture"])
+    assert (arch.vision.layers, arch.text.width) == (4, 128)
+    assert client["step"] == SOURCE_STEPS and client["data"] == src_client["data"]
+    entry = client["growth_history"][-1]
+    assert entry["move"] == MOVE and entry["source_step"] == SOURCE_STEPS
+    assert entry["pim"] == {"m": 0.9, "source": "ema", "seed": 0} and entry["layout"] == {"tp": 1, "pp": 1}
+    assert client["run_config"]["model"] == arch.to_dict()
+    init, m = fresh_init(arch, 0), 0.9  # PIM from the EMA: inherited tensors are exactly the stated blend
+    for name in ("visual.class_embedding", "logit_scale", "visual.transformer.resblocks.0.ln_1.weight"):
+        blend = m * src_client["ema"]["shadow"][name] + (1 - m) * init[name]
+        assert torch.equal(load_parameter(tag_dir, name)["fp32"], blend), name
+        assert torch.equal(client["ema"]["shadow"][name], blend), name
+    with torch.device("meta"):
+        model = CLIP(arch)
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    assert {n: v.shape for n, v in client["ema"]["shadow"].items()} == shapes
+    assert {n: v.shape for n, v in states["module"].items()} == shapes
+    # DeepSpeed's param_shapes: one ordered dict per optimizer group, in named_parameters order within each
+    assert [list(g) for g in states["param_shapes"]] == [
+        [n for n in shapes if n in g] for g in states["param_shapes"]]
+    assert sum(len(g) for g in states["param_shapes"]) == len(shapes)
+    assert states["universal_checkpoint_info"] == ckpt.universal_checkpoint_info(list(shapes), arch.text.vocab, 1)
+    for name in shapes:
+        files = {p.name for p in (tag_dir / "zero" / name).iterdir()}
+        assert files == {"fp32.pt", "exp_avg.pt", "exp_avg_sq.pt", "step.pt"}, name
+        assert torch.equal(states["module"][name], load_parameter(tag_dir, name)["fp32"]), name
+    source_tokenizer = ckpt.resolve(source_run)[0] / tag / "tokenizer.model"
+    assert (tag_dir / "tokenizer.model").read_bytes() == source_tokenizer.read_bytes()
+
+
+def test_deepspeed_loads_the_grown_state_exactly(grown, tmp_path):
+    """A real ZeRO-2 engine (one rank: the 2-rank partitioned load is exercised by the dp=2 resume below) holds
+    exactly the grown fp32 weights, Adam moments and step after universal loading."""
+    tag_dir = grown / f"step{SOURCE_STEPS:08d}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    proc = subprocess.run([sys.executable, "tests/growth/ds_state_worker.py", str(tag_dir), str(tmp_path / "dump.pt")],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dump = torch.load(tmp_path / "dump.pt", map_location="cpu", weights_only=True)
+    assert dump["steps"] == [float(SOURCE_STEPS)]
+    for name, held in dump["params"].items():
+        files = load_parameter(tag_dir, name)
+        for state in ("fp32", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(held[state], files[state]), (name, state)
+
+
+@pytest.mark.parametrize("nproc", [2, 1], ids=["dp2_to_dp2", "dp2_to_dp1"])
+def test_training_resumes_from_the_grown_checkpoint(grown, tiny_data, tmp_path, nproc):
+    """(1,1,2) -> (1,1,nproc): the first loss is the grown model's loss on the same batch; at dp=2 the saved
+    data position is restored, at dp=1 the data restarts (the trainer's rule). At dp=2 training goes on and
+    the loss goes down."""
+    steps = 6 if nproc == 2 else 1
+    launch(tmp_path, tiny_data, f"train.steps={SOURCE_STEPS + steps}", "train.lr=0.002", "train.warmup=1",
+           nproc=nproc, resume=str(grown))
+    m = metrics(tmp_path)
+    first = m[SOURCE_STEPS + 1]
+    tag_dir = grown / f"step{SOURCE_STEPS:08d}"
+    batches = first_batches(tag_dir, tmp_path, nproc)
+    assert [[batch_fingerprint(*b)] for b in batches] == first["batches"], "not the batch the run took"
+    assert abs(first["loss"] - single_process_loss(grown_model(tag_dir), batches)) <= TOL
+    if nproc == 2:
+        losses = [m[s]["loss"] for s in range(SOURCE_STEPS + 1, SOURCE_STEPS + steps + 1)]
+        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.05, losses
+
+
+def test_grow_the_grown_checkpoint_again(grown, tmp_path):
+    """Growth step t+1 from the universal output of step t, to an architecture file, inheriting the last weights
+    with m = 1: the regrown checkpoint computes its source's loss, and the history holds both steps."""
+    src_tag = grown / f"step{SOURCE_STEPS:08d}"
+    target = Architecture.from_dict(ckpt.read_client_state(src_tag)["architecture"])
+    target = target.replace(text=dataclasses.replace(target.text, layers=3, mlp_ratio=6.0))
+    target.save(tmp_path / "target.yaml")
+    before = tree_digest(grown)
+    tag_dir = grow_checkpoint(grown, Architecture.load(tmp_path / "target.yaml"), tmp_path / "regrown",
+                              pim=PIM(m=1.0, source="last"))
+    assert tree_digest(grown) == before
+    history = ckpt.read_client_state(tag_dir)["growth_history"]
+    assert [h["move"] for h in history] == [MOVE, "text.layers=3,text.mlp_ratio=6"]
+    g = torch.Generator().manual_seed(0)
+    texts = torch.randint(1, target.text.vocab - 2, (8, target.text.context), generator=g)
+    texts[:, 9] = target.text.vocab - 1
+    batch = [(torch.randn(8, 3, target.vision.image_size, target.vision.image_size, generator=g), texts)]
+    before_loss, after_loss = (single_process_loss(grown_model(t), batch) for t in (src_tag, tag_dir))
+    assert abs(before_loss - after_loss) <= TOL

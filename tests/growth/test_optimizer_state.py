@@ -1,0 +1,130 @@
+"""Adam state follows the weights. After growth with m = 1, one AdamW step of the grown model equals, on every
+inherited coordinate, the step the source takes on the same batch (depth, MLP and shared-layer moves), and new
+coordinates start with zero moments. In-process, with torch.optim.AdamW holding exp_avg/exp_avg_sq/step as
+DeepSpeed's universal loading sets them; tests/growth/test_grow_checkpoint.py checks that DeepSpeed loads them.
+
+A heads move cannot be step-exact here: our attention inner dim IS the residual width, so new heads widen the
+residual stream by duplication, and a duplicated (fan-in halved) coordinate receives the full gradient, which
+Adam normalises per coordinate. For heads we check what holds: new heads start with zero moments, and the
+tower the move does not touch takes exactly the source's step.
+"""
+import pytest
+import torch
+
+from growth.pim import PIM, fresh_init
+from growth.plan import plan_growth
+from growth.space import Moves
+from growth.transform import grow_parameter, source_of
+from pretrain.optim import param_groups
+from tests.growth.helpers import fixed_batch, load, loss_of, random_model, tiny_arch
+
+# Absolute, on parameters after one step at lr 1e-3: 1% of a step. Forward sums differ at the 1e-7 level (a GEMM
+# with extra zero rows sums in another order), and Adam normalises per coordinate: the key biases, whose true
+# gradient is zero (softmax ignores them), step by their rounding noise divided by its own RMS.
+STEP_TOL = 1e-5
+
+
+def adamw(model):
+    return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
+
+
+def train_step(model, opt, batch):
+    opt.zero_grad()
+    loss_of(model, batch).backward()
+    opt.step()
+
+
+def trained_source(arch, steps=3):
+    model = random_model(arch)
+    opt = adamw(model)
+    for i in range(steps):
+        train_step(model, opt, fixed_batch(arch, seed=10 + i))
+    return model, opt
+
+
+def grow_with_optimizer(src_arch, move):
+    """The grown model and an AdamW loaded with the grown universal state (fp32, moments, step)."""
+    dst_arch = Moves.parse(move).apply(src_arch)
+    model, opt = trained_source(src_arch)
+    params = dict(model.named_parameters())
+    fp32 = {n: p.detach().clone() for n, p in params.items()}
+    avg = {n: opt.state[p]["exp_avg"].clone() for n, p in params.items()}
+    avg_sq = {n: opt.state[p]["exp_avg_sq"].clone() for n, p in params.items()}
+    step = opt.state[params["logit_scale"]]["step"].clone()
+    plan, init = plan_growth(src_arch, dst_arch), fresh_init(dst_arch, 0)
+    grown = {n: grow_parameter(t, source_of(t, fp32), source_of(t, avg), source_of(t, avg_sq), init[n], PIM(1.0))
+             for n, t in plan.items()}
+    dst = load(dst_arch, {n: g["fp32"] for n, g in grown.items()})
+    dst_opt = adamw(dst)
+    for n, p in dst.named_parameters():
+        dst_opt.state[p] = {"step": step.clone(), "exp_avg": grown[n]["exp_avg"], "exp_avg_sq": grown[n]["exp_avg_sq"]}
+    return model, opt, dst, dst_opt, plan, grown
+
+
+def inherited(tmap, t: torch.Tensor) -> torch.Tensor:
+    mask = tmap.new_mask(t.ndim)
+    return t if mask is None else torch.where(mask, torch.zeros((), dtype=t.dtype), t)
+
+
+MOVES = [(0, "vision.layers+=2"), (0, "text.layers+=1"), (0, "vision.mlp_ratio*=2"), (0, "text.mlp_ratio*=1.5"),
+         (0, "shared.layers=1"), (1, "shared.layers+=1"), (1, "shared.mlp_ratio*=2"),
+         (0, "vision.layers+=1,text.mlp_ratio*=2")]
+
+
+@pytest.mark.parametrize("shared, move", MOVES, ids=[m for _, m in MOVES])
+def test_one_step_matches_the_source_on_inherited_coordinates(shared, move):
+    src, opt, dst, dst_opt, plan, grown = grow_with_optimizer(tiny_arch(shared_layers=shared), move)
+    for name, tmap in plan.items():  # new coordinates start with zero moments
+        for state in ("exp_avg", "exp_avg_sq"):
+            t = grown[name][state]
+            assert not (t - inherited(tmap, t)).any(), (name, state)
+            if not isinstance(tmap.source, str):
+                assert not t.any(), (name, state)
+    batch = fixed_batch(src.arch, seed=99)
+    train_step(src, opt, batch)
+    train_step(dst, dst_opt, batch)
+    src_after = {n: p.detach() for n, p in src.named_parameters()}
+    worst = 0.0
+    for name, p in dst.named_parameters():
+        tmap = plan[name]
+        if isinstance(tmap.source, str):
+            expected = inherited(tmap, tmap.weights(src_after[tmap.source], torch.zeros_like(p)))
+            worst = max(worst, (inherited(tmap, p.detach()) - expected).abs().max().item())
+    assert worst <= STEP_TOL
+
+
+def test_heads_move_new_heads_start_at_zero_and_the_other_tower_steps_exactly():
+    src, opt, dst, dst_opt, plan, grown = grow_with_optimizer(tiny_arch(), "vision.heads*=2")
+    width = dst.arch.vision.width
+    for i in range(dst.arch.vision.layers):
+        qkv = grown[f"visual.transformer.resblocks.{i}.attn.in_proj_weight"]["exp_avg"].view(3, width, width)
+        out = grown[f"visual.transformer.resblocks.{i}.attn.out_proj.weight"]["exp_avg_sq"]
+        assert not qkv[:, width // 2:].any() and not out[:, width // 2:].any()  # the two new heads
+        assert qkv[:, :width // 2].abs().sum() > 0
+    batch = fixed_batch(src.arch, seed=99)
+    train_step(src, opt, batch)
+    train_step(dst, dst_opt, batch)
+    src_after = dict(src.named_parameters())
+    text = [n for n, _ in dst.named_parameters() if not n.startswith("visual.")]
+    assert max((p - src_after[n]).abs().max().item() for n, p in dst.named_parameters() if n in text) <= STEP_TOL
+
+
+def test_duplicated_channels_carry_scaled_moments():
+    """Width x2: exp_avg follows the weight's scale s (1/2 on fan-in copies), exp_avg_sq s²."""
+    src, opt, dst, dst_opt, plan, grown = grow_with_optimizer(tiny_arch(), "text.width*=2")
+    name = "transformer.resblocks.0.mlp.c_fc.weight"  # [hidden, width]: rows and columns duplicated
+    src_param = dict(src.named_parameters())[name]
+    avg, avg_sq = opt.state[src_param]["exp_avg"], opt.state[src_param]["exp_avg_sq"]
+    rows, cols = avg.shape
+    assert torch.equal(grown[name]["exp_avg"][:rows, :cols], avg / 2)
+    assert torch.equal(grown[name]["exp_avg"][rows:, cols:], avg / 2)
+    assert torch.equal(grown[name]["exp_avg_sq"][:rows, cols:], avg_sq / 4)
+
+
+def test_reset_moments():
+    src_arch = tiny_arch()
+    plan, init = plan_growth(src_arch, src_arch), fresh_init(src_arch, 0)
+    t = plan["visual.proj"]
+    out = grow_parameter(t, init["visual.proj"], torch.ones_like(init["visual.proj"]),
+                         torch.ones_like(init["visual.proj"]), init["visual.proj"], PIM(1.0), reset_moments=True)
+    assert not out["exp_avg"].any() and not out["exp_avg_sq"].any()
