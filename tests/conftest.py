@@ -1,6 +1,11 @@
 """Shared fixtures: small real data (Fashion-MNIST shards + a trained tokenizer) and a DeepSpeed launcher."""
 import json
 import os
+
+# Triton reads these when it is first imported, and any test module may import `kernels` (through the model or
+# the loss) before tests/kernels is collected: set them for the whole session, before any import below.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("GROWCLIP_KERNELS_POISON", "1")
 import socket
 import subprocess
 import sys

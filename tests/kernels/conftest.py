@@ -1,5 +1,5 @@
 """Kernel tests run the Triton interpreter on CPU: set it (and NaN-poisoned output buffers)
-before anything imports triton or kernels."""
+before anything imports triton or kernels (tests/conftest.py sets both first for the whole session)."""
 import os
 import sys
 import zlib
