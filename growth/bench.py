@@ -42,8 +42,9 @@ def make_checkpoint(model_file: str, run_dir: str) -> None:
     from pretrain.loss import clip_loss_torch
     from pretrain.model import CLIP
     from pretrain.optim import param_groups
+    from pretrain.parallel.groups import init_distributed
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed()  # gloo, without the /dev/shm-leaking shm op (pretrain/parallel/groups.py)
     arch = Architecture.load(model_file)
     torch.manual_seed(0)
     model = CLIP(arch)

@@ -35,6 +35,22 @@ class MegatronMPU:
         return dist.get_process_group_ranks(ps.get_data_parallel_group())
 
 
+def init_distributed() -> None:
+    """deepspeed.init_distributed (nccl on CUDA, gloo on the CPU), without DeepSpeed's CPU shared-memory
+    all-reduce op. DeepSpeed JIT-builds that op on a CPU backend's first use (1-2 min of compiling), uses it only
+    for `inference_all_reduce` (never in training), and leaves a 69 MB file per rank per run in /dev/shm that
+    nothing unlinks: a test suite of 50 launches filled 20 GB of RAM that way. Marking it incompatible makes
+    DeepSpeed skip it (its `__compatible_ops__` dict is cached and edits to it persist)."""
+    import deepspeed
+    import torch
+
+    if not torch.cuda.is_available():
+        import deepspeed.ops
+        from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
 def init_groups(layout: Layout) -> tuple[MegatronMPU, PipeModelDataParallelTopology]:
     if dist.get_world_size() != layout.world:
         raise RuntimeError(f"layout {layout} needs {layout.world} ranks, the job has {dist.get_world_size()}")

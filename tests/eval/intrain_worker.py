@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from eval import intrain  # noqa: E402
 from eval.load import load_checkpoint  # noqa: E402
 from pretrain.model import CLIP  # noqa: E402
-from pretrain.parallel.groups import init_groups  # noqa: E402
+from pretrain.parallel.groups import init_distributed, init_groups  # noqa: E402
 from pretrain.parallel.layout import Layout  # noqa: E402
 from pretrain.parallel.tensor import apply_tensor_parallel  # noqa: E402
 
@@ -28,7 +28,7 @@ p.add_argument("--out")
 p.add_argument("--data-dirs", help="one per rank")
 args = p.parse_args()
 
-deepspeed.init_distributed(dist_backend="gloo")
+init_distributed()  # gloo, without the /dev/shm-leaking shm op (pretrain/parallel/groups.py)
 rank, world = dist.get_rank(), dist.get_world_size()
 loaded = load_checkpoint(args.checkpoint)
 

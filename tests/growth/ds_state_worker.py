@@ -14,10 +14,11 @@ from pretrain import checkpoint as ckpt  # noqa: E402
 from pretrain.arch import Architecture  # noqa: E402
 from pretrain.model import CLIP  # noqa: E402
 from pretrain.optim import param_groups  # noqa: E402
+from pretrain.parallel.groups import init_distributed  # noqa: E402
 
 
 def main(tag_dir: Path, out: Path) -> None:
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed()  # gloo, without the /dev/shm-leaking shm op (pretrain/parallel/groups.py)
     arch = Architecture.from_dict(ckpt.read_client_state(tag_dir)["architecture"])
     model = CLIP(arch)
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
