@@ -19,13 +19,14 @@ from .harness import Options, run_task
 from .tasks import parse
 
 
-def single_device_model(engine, tp_group=None):
-    """The model to evaluate. ZeRO 0-2 without tensor parallelism: the engine's module itself (every rank holds
-    the full weights). ZeRO-3 and/or tp > 1 (pass the tensor-parallel group): a full plain-CLIP copy gathered
-    from the partitions and shards (collective: every rank must call it); free it after `run`."""
+def single_device_model(engine, tp_group=None, pp_group=None):
+    """The model to evaluate. ZeRO 0-2 without tensor or pipeline parallelism: the engine's module itself (every
+    rank holds the full weights). ZeRO-3, tp > 1 and/or pp > 1 (pass the groups): a full plain-CLIP copy gathered
+    from the partitions, shards and stages (collective: every rank must call it); free it after `run`."""
     module = engine.module
     tp = dist.get_world_size(tp_group) if tp_group is not None else 1
-    if engine.zero_optimization_stage() < 3 and tp == 1:
+    pp = dist.get_world_size(pp_group) if pp_group is not None else 1
+    if engine.zero_optimization_stage() < 3 and tp == 1 and pp == 1:
         return module
     named = list(module.named_parameters())
     if engine.zero_optimization_stage() == 3:
@@ -33,15 +34,20 @@ def single_device_model(engine, tp_group=None):
 
         with deepspeed.zero.GatheredParameters([p for _, p in named]):
             named = [(name, p.detach().clone()) for name, p in named]
+    device = named[0][1].device
     if tp > 1:
         from pretrain.parallel.tensor import gather_full
 
         state = gather_full(named, module.arch.text.vocab, tp_group)
     else:
         state = dict(named)
+    if pp > 1:
+        from pretrain.parallel.pipeline import merge_stages
+
+        state = merge_stages(state, pp_group)
     copy = CLIP(module.arch)
     copy.load_state_dict(state)
-    return copy.to(named[0][1].device)
+    return copy.to(device)
 
 
 def run(model, tokenizer, transform, tasks: str | list[str], limit: int, rank: int = 0, world: int = 1,

@@ -133,13 +133,29 @@ def full_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     if is_universal(tag_dir):
         return {p.name: load_universal_tensor(p / "fp32.pt") for p in sorted((tag_dir / "zero").iterdir())
                 if p.is_dir()}
-    if (tag_dir / "mp_rank_01_model_states.pt").is_file():  # tensor-parallel shards: merge with DeepSpeed's tool
+    zero_files = list(tag_dir.glob("*zero_pp_rank_*optim_states.pt"))
+    if not zero_files and list(tag_dir.glob("layer_*-model_states.pt")):
+        return _pipeline_layers(tag_dir)
+    if (tag_dir / "mp_rank_01_model_states.pt").is_file():  # TP and/or PP pieces: merge with DeepSpeed's tool
         return _via_universal(tag_dir)
-    if list(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
+    if zero_files:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
     sd = torch.load(tag_dir / MODEL_STATES, map_location="cpu", weights_only=True)
     return {k: v.float() for k, v in sd["module"].items()}
+
+
+def _pipeline_layers(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """A ZeRO-0 pipeline checkpoint: one file per layer, whose keys are canonical names (pretrain/parallel/
+    pipeline.py mounts every module at its canonical path)."""
+    files = sorted(tag_dir.glob("layer_*-model_states.pt"))
+    if any("-model_00-" not in f.name for f in files):
+        raise CheckpointError(f"{tag_dir}: a ZeRO-0 pipeline checkpoint with tensor parallelism has no optimizer "
+                              f"files to merge the shards from; train pp > 1 with tp > 1 under ds_configs/zero1.json")
+    state = {}
+    for f in files:
+        state.update({k: v.float() for k, v in torch.load(f, map_location="cpu", weights_only=True).items()})
+    return state
 
 
 def _via_universal(tag_dir: Path) -> dict[str, torch.Tensor]:

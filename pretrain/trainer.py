@@ -27,8 +27,10 @@ from .ema import EMA
 from .loss import contrastive_loss
 from .model import CLIP, set_backend
 from .optim import cosine_with_warmup, param_groups
-from .parallel.groups import init_groups
-from .parallel.layout import Layout, LayoutError
+from .parallel.groups import init_distributed, init_groups
+from .parallel.layout import Layout
+from .parallel.pipeline import CLIPPipeline, PipelineLoss, merge_stages
+from .parallel.pipeline_plan import describe
 from .parallel.tensor import apply_tensor_parallel, gather_full, shard, split_of
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for the MFU estimate
@@ -46,6 +48,9 @@ def prepare_ds_config(ds_config: dict, cfg: RunConfig, universal: bool) -> dict:
     ds.setdefault("steps_per_print", 10 ** 9)
     if universal:
         ds.setdefault("checkpoint", {})["load_universal"] = True
+    if cfg.parallel.pp > 1:  # DeepSpeed's activation partitioning over TP ranks assumes that only the first
+        # tensor a stage sends carries a gradient; ours sends both towers' tokens, so it is turned off
+        ds.setdefault("pipeline", {}).update(pipe_partitioned=False, grad_partitioned=False)
     return ds
 
 
@@ -77,15 +82,14 @@ class Trainer:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.layout = Layout.for_world(world, cfg.parallel.tp, cfg.parallel.pp)
         self.layout.validate(self.arch, ds_config.get("zero_optimization", {}).get("stage", 0))
-        if self.layout.pp > 1:
-            raise LayoutError(f"pp={self.layout.pp}: the pipeline engine across both towers is planned "
-                              f"(pretrain/parallel/pipeline_plan.py) but not wired into training yet; use pp=1")
 
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        init_distributed()
         self.rank = dist.get_rank()
-        mpu, _ = init_groups(self.layout)
+        mpu, topology = init_groups(self.layout)
         self.dp_rank, self.tp_rank = mpu.get_data_parallel_rank(), mpu.get_tensor_model_parallel_rank()
         self.dp_group, self.tp_group = mpu.get_data_parallel_group(), mpu.get_tensor_model_parallel_group()
+        self.pp_rank, self.pp_group = mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_group()
+        self.reads_data = self.pp_rank == 0  # only the first stage feeds the pipeline
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.use_triton = cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and self.device.type == "cuda")
         set_backend("triton" if self.use_triton else "torch")
@@ -94,6 +98,11 @@ class Trainer:
         model = apply_tensor_parallel(CLIP(self.arch), self.layout.tp)
         self.uc_info = ckpt.universal_checkpoint_info([n for n, _ in model.named_parameters()], self.arch.text.vocab,
                                                       self.layout.tp)
+        if self.layout.pp > 1:
+            if self.rank == 0:
+                print(describe(self.arch, self.layout.pp), flush=True)
+            model = CLIPPipeline(model, topology, PipelineLoss(self.dp_group, self.use_triton))
+            mpu = None  # the pipeline engine takes its groups from the module's topology (same ranks)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
                                       betas=cfg.train.betas, eps=cfg.train.eps)
         scheduler = cosine_with_warmup(optimizer, cfg.train.warmup, cfg.train.steps, cfg.train.lr, cfg.train.min_lr)
@@ -109,6 +118,8 @@ class Trainer:
         self.ema = EMA(cfg.train.ema_decay)
         self.step = 0
         self.growth_history: list = []
+        self._fingerprints: list[str] = []
+        self._pipe_batches = self._pipeline_feed() if self.layout.pp > 1 else None
         if resume_dir:
             self._restore(resume_dir, client)
 
@@ -144,8 +155,10 @@ class Trainer:
         self.growth_history = list(client.get("growth_history", []))
         if client.get("ema"):
             ema = client["ema"]
+            mine = {n for n, _ in self.engine.module.named_parameters()}  # this stage's share
             self.ema.load_state_dict({"decay": ema["decay"], "shadow": {
-                n: shard(v, split_of(n), self.tp_rank, self.layout.tp) for n, v in ema["shadow"].items()}})
+                n: shard(v, split_of(n), self.tp_rank, self.layout.tp) for n, v in ema["shadow"].items()
+                if n in mine}})
         if client.get("data"):  # one position per data-parallel rank; the loader picks its own, or warns and
             self.loader.load_state_dict(client["data"])  # starts the next epoch if the data layout changed
 
@@ -158,17 +171,34 @@ class Trainer:
                 return [(n, p.detach().clone()) for n, p in module.named_parameters()]
         return list(module.named_parameters())
 
-    def _micro_step(self, it) -> tuple[torch.Tensor, str]:
+    def _next_batch(self, it) -> tuple[torch.Tensor, torch.Tensor]:
         images, texts = next(it)
-        fp = batch_fingerprint(images, texts)
-        images = images.to(self.device, self.dtype)
-        texts = texts.to(self.device)
-        image_f, text_f, scale = self.engine(images, texts)
-        loss = contrastive_loss(image_f.float(), text_f.float(), scale.float(), group=self.dp_group,
-                                use_triton=self.use_triton)
-        self.engine.backward(loss)
-        self.engine.step()
-        return loss.detach(), fp
+        self._fingerprints.append(batch_fingerprint(images, texts))
+        return images.to(self.device, self.dtype), texts.to(self.device)
+
+    def _step(self, it) -> float:
+        """One optimizer step (grad_accum micro-batches); returns the loss averaged over them and over DP."""
+        if self._pipe_batches is not None:  # the pipeline engine runs its schedule, the loss is on every rank
+            self._it = it
+            return self.engine.train_batch(data_iter=self._pipe_batches).item()
+        losses = []
+        for _ in range(self.cfg.train.grad_accum):
+            image_f, text_f, scale = self.engine(*self._next_batch(it))
+            loss = contrastive_loss(image_f.float(), text_f.float(), scale.float(), group=self.dp_group,
+                                    use_triton=self.use_triton)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach())
+        loss = torch.stack(losses).mean()
+        dist.all_reduce(loss, group=self.dp_group)
+        return loss.item() / self.layout.dp
+
+    def _pipeline_feed(self):
+        """(inputs, labels) per micro-batch, as PipelineEngine reads them: the first stage feeds the batch, the
+        last stage only reads the (unused) labels; the contrastive loss needs none."""
+        labels = torch.zeros(1, device=self.device)
+        while True:
+            yield (self._next_batch(self._it) if self.reads_data else None), labels
 
     def train(self) -> list[dict]:
         cfg = self.cfg.train
@@ -186,18 +216,12 @@ class Trainer:
                      and k in torch.cuda.get_device_name()), 0.0)
         last = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
         while self.step < last:
-            losses, fps = [], []
-            for _ in range(cfg.grad_accum):
-                loss, fp = self._micro_step(it)
-                losses.append(loss)
-                fps.append(fp)
+            self._fingerprints = []
+            loss = self._step(it)
             self.step += 1
             self.ema.update(self._full_params())
-            loss = torch.stack(losses).mean()
-            dist.all_reduce(loss, group=self.dp_group)
-            loss = loss.item() / self.layout.dp
-            all_fps = [None] * dist.get_world_size()
-            dist.all_gather_object(all_fps, fps)
+            all_fps = [None] * dist.get_world_size()  # ranks that do not read data (later stages) give []
+            dist.all_gather_object(all_fps, self._fingerprints)
             norm = self.engine.get_global_grad_norm()
             record = {"step": self.step, "loss": loss, "lr": self.engine.get_lr()[0],
                       "grad_norm": None if norm is None else float(norm), "batches": all_fps}
@@ -236,11 +260,12 @@ class Trainer:
     def _log(self, writer, window, seconds, samples_per_step, peak_tflops, skipped: dict) -> None:
         if writer is None:
             return
-        module = self.engine.module
         sps = len(window) * samples_per_step / max(seconds, 1e-9)
         scalars = {"train/loss": sum(window) / len(window), "train/lr": self.engine.get_lr()[0],
-                   "train/logit_scale": module.scale().item() if self.engine.zero_optimization_stage() < 3 else 0.0,
                    "train/samples_per_s": sps, "data/skipped": sum(skipped.values())}
+        scale = dict(self.engine.module.named_parameters()).get("logit_scale")  # not on rank 0 at pp > 1
+        if scale is not None and self.engine.zero_optimization_stage() < 3:
+            scalars["train/logit_scale"] = CLIP.scale(self.engine.module).item()
         if peak_tflops:
             scalars["train/mfu"] = 3 * self.arch.flops_per_sample() * sps / (peak_tflops * 1e12 * self.layout.world)
         for k, v in scalars.items():
@@ -255,7 +280,7 @@ class Trainer:
         from eval import intrain
 
         from .data.transforms import eval_transform
-        model = intrain.single_device_model(self.engine, self.tp_group)
+        model = intrain.single_device_model(self.engine, self.tp_group, self.pp_group)
         results = intrain.run(model, self.tokenizer, eval_transform(self.arch.vision.image_size),
                               self.cfg.train.eval_tasks, self.cfg.train.eval_limit, dist.get_rank(),
                               dist.get_world_size())
@@ -269,10 +294,12 @@ class Trainer:
 
     def save(self) -> Path:
         states = [None] * dist.get_world_size()
-        dist.all_gather_object(states, (self.dp_rank, self.loader.state_dict()))
-        data = [s for _, s in sorted(dict(states).items())]  # one position per data-parallel rank
-        ema = {"decay": self.ema.decay, "shadow": gather_full(self.ema.shadow.items(), self.arch.text.vocab,
-                                                              self.tp_group)}
+        dist.all_gather_object(states, (self.reads_data, self.dp_rank, self.loader.state_dict()))
+        # one position per data-parallel rank, from the ranks that read data
+        data = [s for _, s in sorted({dp: s for reads, dp, s in states if reads}.items())]
+        shadow = merge_stages(gather_full(self.ema.shadow.items(), self.arch.text.vocab, self.tp_group),
+                              self.pp_group if self.layout.pp > 1 else None)
+        ema = {"decay": self.ema.decay, "shadow": shadow}
         client = {"architecture": self.arch.to_dict(), "step": self.step, "data": data,
                   "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
                   "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.layout.dp},

@@ -38,10 +38,14 @@ class CLIP(nn.Module):
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(text) + self.positional_embedding
 
-    def pool_text(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def eot_index(text: torch.Tensor) -> torch.Tensor:
         # end-of-text is the largest token id (tokenizer contract), so argmax finds it, as in OpenCLIP
+        return text.argmax(dim=-1)
+
+    def pool_text(self, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
         x = self.ln_final(x)
-        return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)] @ self.text_projection
+        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         x = self.visual.transformer(self.visual.embed(image), causal=False)
@@ -54,7 +58,7 @@ class CLIP(nn.Module):
         x = self.transformer(self.embed_text(text), causal=True)
         if self.shared is not None:
             x = self.shared(x, "text")
-        x = self.pool_text(x, text)
+        x = self.pool_text(x, self.eot_index(text))
         return F.normalize(x, dim=-1) if normalize else x
 
     def scale(self) -> torch.Tensor:
