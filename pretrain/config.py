@@ -1,7 +1,7 @@
 """Typed run configuration: a YAML file plus `section.key=value` overrides from the command line.
 
-A run config has `model` (an architecture mapping, or a path to one), `data`, `train` and `parallel` sections.
-Unknown keys and badly typed values stop the run with a message naming the key, before any training.
+A run config has `model` (an architecture mapping, or a path to one), `data`, `train`, `parallel` and `growth`
+sections. Unknown keys and badly typed values stop the run with a message naming the key, before any training.
 """
 from __future__ import annotations
 
@@ -61,14 +61,27 @@ class ParallelConfig:
 
 
 @dataclass
+class GrowthConfig:
+    """In-process growth (pretrain/growth_loop.py): after step at_steps[i], grow by moves[i] and go on."""
+    at_steps: list = field(default_factory=list)  # ascending, each < train.steps; one value = a list of one
+    moves: list = field(default_factory=list)     # one per step, growth/space.py syntax, e.g. "vision.layers+=2"
+    tp: list = field(default_factory=list)        # tensor-parallel size after each step; empty: keep the layout
+    pp: list = field(default_factory=list)        # pipeline stages after each step; empty: keep
+    pim_m: float | None = None                    # PIM momentum in (0, 1]; None: growth/pim.py's default
+    pim_source: str | None = None                 # ema | last; None: growth/pim.py's default
+    pim_seed: int | None = None                   # seed of the fresh initialisation; None: growth/pim.py's
+
+
+@dataclass
 class RunConfig:
     model: Architecture = field(default_factory=Architecture)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    growth: GrowthConfig = field(default_factory=GrowthConfig)
 
     def to_dict(self) -> dict:
-        d = {k: dataclasses.asdict(getattr(self, k)) for k in ("data", "train", "parallel")}
+        d = {k: dataclasses.asdict(getattr(self, k)) for k in ("data", "train", "parallel", "growth")}
         d["model"] = self.model.to_dict()
         return d
 
@@ -96,7 +109,9 @@ def _build_section(cls, values: dict, name: str, source: str):
     out = {}
     for k, v in values.items():
         default = allowed[k].default if allowed[k].default is not dataclasses.MISSING else None
-        if isinstance(default, bool) or default is None:
+        if allowed[k].default_factory is list:
+            out[k] = list(v) if isinstance(v, (list, tuple)) else [v]
+        elif isinstance(default, bool) or default is None:
             out[k] = v
         elif isinstance(default, tuple):
             if not isinstance(v, (list, tuple)) or len(v) != len(default):
@@ -127,9 +142,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
             raise ConfigError(f"override {ov!r} must look like section.key=value")
         key, value = ov.split("=", 1)
         _set(raw, key, _parse_value(value), f"override {ov!r}")
-    unknown = set(raw) - {"model", "data", "train", "parallel"}
+    unknown = set(raw) - {"model", "data", "train", "parallel", "growth"}
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected model, data, train, parallel")
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; "
+                          f"expected model, data, train, parallel, growth")
     try:
         arch = Architecture.from_dict(raw.get("model", {}), source=f"{source}: model")
     except (ArchitectureError, TypeError) as e:
@@ -137,7 +153,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
     cfg = RunConfig(model=arch,
                     data=_build_section(DataConfig, raw.get("data", {}), "data", source),
                     train=_build_section(TrainConfig, raw.get("train", {}), "train", source),
-                    parallel=_build_section(ParallelConfig, raw.get("parallel", {}), "parallel", source))
+                    parallel=_build_section(ParallelConfig, raw.get("parallel", {}), "parallel", source),
+                    growth=_build_section(GrowthConfig, raw.get("growth", {}), "growth", source))
     validate(cfg, source)
     return cfg
 
@@ -161,3 +178,47 @@ def validate(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: data.tokenizer is empty; train one with `python -m pretrain.data.tokenizer`")
     if not Path(cfg.data.tokenizer).is_file():
         raise ConfigError(f"{source}: data.tokenizer={cfg.data.tokenizer!r} does not exist")
+    validate_growth(cfg.growth, cfg.train.steps, source)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_growth(g: GrowthConfig, steps: int, source: str) -> None:
+    """Shapes and syntax only: whether each move fits the architecture and layout the run has at that step is
+    checked by pretrain/growth_loop.py once the (possibly resumed) starting architecture is known."""
+    if not all(_is_int(s) for s in g.at_steps):
+        raise ConfigError(f"{source}: growth.at_steps must be a list of integers, got {g.at_steps!r}")
+    if any(not 0 < s < steps for s in g.at_steps):
+        raise ConfigError(f"{source}: growth.at_steps {g.at_steps} must lie in 1..train.steps-1 ({steps - 1})")
+    if any(a >= b for a, b in zip(g.at_steps, g.at_steps[1:])):
+        raise ConfigError(f"{source}: growth.at_steps {g.at_steps} must be strictly ascending")
+    if len(g.moves) != len(g.at_steps):
+        raise ConfigError(f"{source}: growth.moves has {len(g.moves)} entries but growth.at_steps has "
+                          f"{len(g.at_steps)}; give one move per step (quote a compound move inside a list: "
+                          f"'[\"vision.layers+=2,text.width*=2\"]')")
+    for name in ("tp", "pp"):
+        sizes = getattr(g, name)
+        if sizes and len(sizes) != len(g.at_steps):
+            raise ConfigError(f"{source}: growth.{name} has {len(sizes)} entries but growth.at_steps has "
+                              f"{len(g.at_steps)}; give one per step, or none to keep the layout")
+        if not all(_is_int(s) and s >= 1 for s in sizes):
+            raise ConfigError(f"{source}: growth.{name} must be integers >= 1, got {sizes!r}")
+    if g.pim_m is not None and (not isinstance(g.pim_m, (int, float)) or isinstance(g.pim_m, bool)
+                                or not 0 < g.pim_m <= 1):
+        raise ConfigError(f"{source}: growth.pim_m must be a number in (0, 1], got {g.pim_m!r}")
+    if g.pim_source not in (None, "ema", "last"):
+        raise ConfigError(f"{source}: growth.pim_source must be ema or last, got {g.pim_source!r}")
+    if g.pim_seed is not None and not _is_int(g.pim_seed):
+        raise ConfigError(f"{source}: growth.pim_seed must be an integer, got {g.pim_seed!r}")
+    if g.moves:  # growth/ imports pretrain/, so it is imported only here, when a run grows
+        from growth.errors import GrowthError
+        from growth.space import Moves
+        for i, move in enumerate(g.moves):
+            if not isinstance(move, str):
+                raise ConfigError(f"{source}: growth.moves[{i}] must be a move string, got {move!r}")
+            try:
+                Moves.parse(move)
+            except GrowthError as e:
+                raise ConfigError(f"{source}: growth.moves[{i}]: {e}") from e
