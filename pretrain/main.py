@@ -1,6 +1,8 @@
 """Entry point: `deepspeed pretrain/main.py --config configs/demo.yaml [--deepspeed_config ds_configs/zero2.json]
 [--resume latest|PATH] [section.key=value ...] [ds.key=value ...]`.
 
+`growth.at_steps=[N] growth.moves=[MOVE]` grows the model in-process after step N (pretrain/growth_loop.py).
+
 `ds.`-prefixed overrides edit the DeepSpeed config (e.g. ds.zero_optimization.stage=3, ds.bf16.enabled=true).
 Config, checkpoint and layout errors print one clear line and exit with status 2 before any training.
 """
@@ -56,12 +58,12 @@ def main(argv=None) -> int:
     try:
         cfg = load_run_config(args.config, run_over)
         ds_config = load_ds_config(args.deepspeed_config, ds_over)
-        from pretrain.trainer import Trainer
-        trainer = Trainer(cfg, ds_config, resume=args.resume)
+        from pretrain.growth_loop import GrowingRun
+        run = GrowingRun(cfg, ds_config, resume=args.resume)
     except (ConfigError, ArchitectureError, CheckpointError, LayoutError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer.train()
+    run.train()
     return 0
 
 
