@@ -1,5 +1,6 @@
 """Function-preserving growth of a GrowCLIP checkpoint: moves, operators (index maps), PIM, and the universal
-checkpoint writer. Uses the model and checkpoint code of pretrain/; nothing in pretrain/ imports growth."""
+checkpoint writer. Uses the model and checkpoint code of pretrain/; in pretrain/ only the in-training driver
+(pretrain/growth_loop.py) and the config's move-syntax check import growth."""
 from .errors import GrowthError
 from .hook import grow_checkpoint
 from .index_map import IndexMap, TensorMap
