@@ -109,6 +109,9 @@ class GrowingRun:
     def _check_plan(self, arch: Architecture, start: int) -> None:
         """Every pending move against the architecture and layout it will meet, before any training."""
         zero_stage = self.ds_config.get("zero_optimization", {}).get("stage", 0)
+        if self.pending and zero_stage == 3:
+            raise ConfigError("growth.at_steps: growth reads the model-states file of a ZeRO 0-2 save, which ZeRO-3 "
+                              "does not write (nor can a run resume from it); use ds_configs/zero1.json or zero2.json")
         for g in self.pending:
             key = f"growth.at_steps[{g.index}]={g.step}"
             if g.step < start:

@@ -109,15 +109,17 @@ BAD = [  # overrides -> what the one error line names
     (["growth.at_steps=[2]", "growth.moves=[vision.layers+=1]", "growth.pim_m=0"], "growth.pim_m must be"),
     (["growth.at_steps=[2]", "growth.moves=[vision.layers=1]"], "growth.moves[0] ('vision.layers=1' at step 2"),
     (["growth.at_steps=[2]", "growth.moves=[vision.layers+=1]", "growth.tp=[3]"], "growth.tp/growth.pp[0]"),
+    (["growth.at_steps=[2]", "growth.moves=[vision.layers+=1]", "ds.zero_optimization.stage=3"],
+     "growth.at_steps: growth reads the model-states file of a ZeRO 0-2 save"),
 ]
 BAD_IDS = ["unsorted_steps", "moves_count", "step_past_end", "bad_move", "tp_count", "pim_m", "shrinking_move",
-           "tp_vs_world"]
+           "tp_vs_world", "zero3"]
 
 
 @pytest.mark.parametrize("overrides, named", BAD, ids=BAD_IDS)
 def test_bad_growth_config_stops_before_training(overrides, named, tmp_path, capsys, monkeypatch):
-    """main exits with status 2 and one line naming the key. The last two need the starting architecture and
-    the world size (2 here): a shrinking move, a tp that does not divide the world."""
+    """main exits with status 2 and one line naming the key. The last three need the starting architecture, the
+    world size (2 here) or the DeepSpeed config: a shrinking move, a tp that does not divide the world, ZeRO-3."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     tokenizer = tmp_path / "tokenizer.model"
     tokenizer.write_bytes(b"only checked to exist")
