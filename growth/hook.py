@@ -42,7 +42,7 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
     src_arch = Architecture.from_dict(client["architecture"], source=str(src_tag))
     dst_arch, move = target_architecture(src_arch, target)
     notes = check_growth(src_arch, dst_arch)
-    validate_layout(dst_arch, layout, _zero_stage(states))
+    validate_layout(dst_arch, layout)  # the ZeRO stage is the resumed run's choice; its trainer checks it
     if pim.source == "ema" and not (client.get("ema") or {}).get("shadow"):
         raise GrowthError(f"{src_tag}: PIM source 'ema' but the checkpoint holds no EMA weights; use 'last'")
     tok = _tokenizer(src_tag, tokenizer, client)
@@ -97,11 +97,6 @@ def _grown_client(client: dict, dst: Architecture, layout: Layout, entry: dict) 
     if isinstance(client.get("run_config"), dict):
         grown["run_config"] = {**client["run_config"], "model": dst.to_dict()}
     return grown
-
-
-def _zero_stage(states: dict) -> int:
-    """The ZeRO stage the source ran with: the layout check (pp > 1 needs stage <= 1) assumes the same."""
-    return int(((states.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0))
 
 
 def _tokenizer(tag_dir: Path, given: str | Path | None, client: dict) -> Path:

@@ -1,5 +1,6 @@
 """Growing a real checkpoint: what is written, that DeepSpeed loads it exactly, and that training resumes from
-it at (tp, pp, dp) = (1, 1, 2) and (1, 1, 1) with the grown model's loss, then keeps learning."""
+it at (tp, pp, dp) = (1, 1, 2), (1, 1, 1), (2, 1, 1) and (1, 2, 1) with the grown model's loss, then keeps
+learning."""
 import dataclasses
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from growth.grow import main as grow_main
 from growth.hook import grow_checkpoint
 from growth.pim import PIM, fresh_init
 from growth.universal import load_parameter
@@ -116,19 +118,30 @@ def test_deepspeed_loads_the_grown_state_exactly(grown, tmp_path):
             assert torch.equal(held[state], files[state]), (name, state)
 
 
-@pytest.mark.parametrize("nproc", [2, 1], ids=["dp2_to_dp2", "dp2_to_dp1"])
-def test_training_resumes_from_the_grown_checkpoint(grown, tiny_data, tmp_path, nproc):
-    """(1,1,2) -> (1,1,nproc): the first loss is the grown model's loss on the same batch; at dp=2 the saved
-    data position is restored, at dp=1 the data restarts (the trainer's rule). At dp=2 training goes on and
-    the loss goes down."""
+@pytest.mark.parametrize("tp, pp, dp", [(1, 1, 2), (1, 1, 1), (2, 1, 1), (1, 2, 1)],
+                         ids=["to_dp2", "to_dp1", "to_tp2", "to_pp2"])
+def test_training_resumes_from_the_grown_checkpoint(source_run, grown, tiny_data, tmp_path, tp, pp, dp):
+    """Trained at (1,1,2), grown (vision depth +2, text width x2) onto (tp, pp, dp): the first loss is the grown
+    model's single-process loss on the same batch; at dp=2 the saved data position is restored, at dp=1 the data
+    restarts (the trainer's rule). On two ranks training goes on and the loss goes down."""
+    if (tp, pp) != (1, 1):  # grown for that layout: the target is checked against it, and it is recorded
+        grown = tmp_path / "grown"
+        assert grow_main(["--from", str(source_run), "--move", MOVE, "--tp", str(tp), "--pp", str(pp),
+                          "--out", str(grown), "--pim-m", "0.9", "--pim-source", "ema"]) == 0
+        entry = ckpt.read_client_state(grown / f"step{SOURCE_STEPS:08d}")["growth_history"][-1]
+        assert entry["layout"] == {"tp": tp, "pp": pp}
+    nproc = tp * pp * dp
     steps = 6 if nproc == 2 else 1
-    launch(tmp_path, tiny_data, f"train.steps={SOURCE_STEPS + steps}", "train.lr=0.002", "train.warmup=1",
-           nproc=nproc, resume=str(grown))
-    m = metrics(tmp_path)
+    run = tmp_path / "run"
+    launch(run, tiny_data, f"train.steps={SOURCE_STEPS + steps}", "train.lr=0.002", "train.warmup=1",
+           nproc=nproc, resume=str(grown), extra_args=("--tp", str(tp), "--pp", str(pp)),
+           ds_config="ds_configs/zero1.json" if pp > 1 else "ds_configs/zero2.json")
+    m = metrics(run)
     first = m[SOURCE_STEPS + 1]
     tag_dir = grown / f"step{SOURCE_STEPS:08d}"
-    batches = first_batches(tag_dir, tmp_path, nproc)
-    assert [[batch_fingerprint(*b)] for b in batches] == first["batches"], "not the batch the run took"
+    batches = first_batches(tag_dir, run, dp)
+    readers = [b for b in first["batches"] if b]  # every rank of the first pipeline stage, TP ranks included
+    assert readers == [[batch_fingerprint(*b)] for b in batches for _ in range(tp)], "not the batch the run took"
     assert abs(first["loss"] - single_process_loss(grown_model(tag_dir), batches)) <= TOL
     if nproc == 2:
         losses = [m[s]["loss"] for s in range(SOURCE_STEPS + 1, SOURCE_STEPS + steps + 1)]
