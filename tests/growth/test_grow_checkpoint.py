@@ -2,11 +2,9 @@
 it at (tp, pp, dp) = (1, 1, 2), (1, 1, 1), (2, 1, 1) and (1, 2, 1) with the grown model's loss, then keeps
 learning."""
 import dataclasses
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,50 +15,14 @@ from growth.pim import PIM, fresh_init
 from growth.universal import load_parameter
 from pretrain import checkpoint as ckpt
 from pretrain.arch import Architecture
-from pretrain.data.manifest import load_shards
-from pretrain.data.pipeline import TrainLoader
-from pretrain.data.tokenizer import Tokenizer
-from pretrain.loss import clip_loss_torch
 from pretrain.model import CLIP
 from pretrain.trainer import batch_fingerprint
 from tests.conftest import ROOT, free_port, launch, metrics
 from tests.growth.conftest import MOVE, SOURCE_STEPS, tree_digest
 from tests.growth.helpers import TOL
+from tests.growth.runs import first_batches, grown_model, single_process_loss
 
 pytestmark = pytest.mark.slow
-
-
-def grown_model(tag_dir: Path) -> CLIP:
-    arch = Architecture.from_dict(ckpt.read_client_state(tag_dir)["architecture"])
-    model = CLIP(arch)
-    model.load_state_dict({n: load_parameter(tag_dir, n)["fp32"] for n, _ in model.named_parameters()})
-    return model.eval()
-
-
-def first_batches(tag_dir: Path, run: Path, dp: int):
-    """The batches the resumed run's ranks take first, built as the trainer builds them (pretrain/trainer.py):
-    the saved data position, which the loader only honours at the dp it was saved with."""
-    client = ckpt.read_client_state(tag_dir)
-    cfg = json.loads((run / "run_config.json").read_text())
-    data, train = cfg["data"], cfg["train"]
-    arch = Architecture.from_dict(client["architecture"])
-    options = {"order": data["order"]} if "order" in data else {}
-    batches = []
-    for rank in range(dp):
-        loader = TrainLoader(load_shards(data["shards"]), Tokenizer(data["tokenizer"], arch.text.context),
-                             arch.vision.image_size, train["micro_batch"], dp_rank=rank, dp_world=dp,
-                             workers=data["workers"], seed=train["seed"], shuffle_buffer=data["shuffle_buffer"],
-                             max_pixels=data["max_pixels"], scale=(data["crop_scale_min"], 1.0), **options)
-        if client.get("data"):  # the loader takes its rank's position, or restarts if the layout changed
-            loader.load_state_dict(client["data"])
-        batches.append(next(iter(loader)))
-    return batches
-
-
-@torch.no_grad()
-def single_process_loss(model: CLIP, batches) -> float:
-    image, text, scale = model(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
-    return clip_loss_torch(image, text, image, text, scale).item()
 
 
 def test_grown_checkpoint_contents(grown, source_run):

@@ -17,7 +17,7 @@ from pretrain.optim import cosine_with_warmup
 from pretrain.trainer import batch_fingerprint
 from tests.conftest import ROOT, launch, metrics
 from tests.growth.helpers import TOL
-from tests.growth.test_grow_checkpoint import first_batches, grown_model, single_process_loss
+from tests.growth.runs import first_batches, grown_model, single_process_loss
 
 STEPS, LR = 7, 0.002
 GROWTHS = {2: ("vision.layers+=2", 2), 4: ("text.layers+=1", 1)}  # step -> (move, tp after it)

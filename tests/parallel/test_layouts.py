@@ -22,11 +22,15 @@ def runs(tiny_data, tmp_path_factory):
     return {"root": tmp_path_factory.mktemp("layouts"), "data": tiny_data, "done": {}}
 
 
+# in-training eval at the last step, gathered over TP and PP (it leaves the RNG and the training untouched)
+EXTRA = {(2, 2, 1): (f"train.eval_every={STEPS}", "train.eval_limit=300")}
+
+
 def get(runs, tp, pp, dp):
     key = (tp, pp, dp)
     if key not in runs["done"]:
         out = runs["root"] / f"tp{tp}pp{pp}dp{dp}"
-        runs["done"][key] = (run(out, runs["data"], tp, pp, dp), out)
+        runs["done"][key] = (run(out, runs["data"], tp, pp, dp, *EXTRA.get(key, ())), out)
     return runs["done"][key]
 
 
@@ -83,7 +87,8 @@ def test_universal_checkpoint_reshards_between_layouts(runs, source, target):
 
 
 def test_tensor_parallel_checkpoint_evaluates_like_its_single_process_twin(runs):
-    """Issue 6: a checkpoint trained at (2,1,1) gives the (1,1,1) twin's zero-shot and retrieval numbers."""
+    """Issue 6: a checkpoint trained at (2,1,1) gives the (1,1,1) twin's zero-shot numbers, and so does the
+    (2,2,1) run's in-training eval (the model gathered from TP shards and pipeline stages)."""
     import json
     import subprocess
     import sys
@@ -97,3 +102,8 @@ def test_tensor_parallel_checkpoint_evaluates_like_its_single_process_twin(runs)
     assert results[0].keys() == results[1].keys()
     for key in results[0]:
         assert results[0][key] == pytest.approx(results[1][key], abs=1e-6), key
+    _, out = get(runs, 2, 2, 1)  # and the (2,2,1) run's own eval during training, of the same weights
+    in_training = json.loads((out / "eval.jsonl").read_text().splitlines()[-1])
+    assert in_training["step"] == STEPS
+    for key in results[0]:
+        assert in_training[f"fashion_mnist/{key}"] == pytest.approx(results[0][key], abs=1e-6), key
