@@ -119,7 +119,6 @@ class Trainer:
         self.step = 0
         self.growth_history: list = []
         self._fingerprints: list[str] = []
-        self._pipe_batches = self._pipeline_feed() if self.layout.pp > 1 else None
         if resume_dir:
             self._restore(resume_dir, client)
 
@@ -178,9 +177,8 @@ class Trainer:
 
     def _step(self, it) -> float:
         """One optimizer step (grad_accum micro-batches); returns the loss averaged over them and over DP."""
-        if self._pipe_batches is not None:  # the pipeline engine runs its schedule, the loss is on every rank
-            self._it = it
-            return self.engine.train_batch(data_iter=self._pipe_batches).item()
+        if self.layout.pp > 1:  # the pipeline engine runs its schedule; the loss arrives on every rank
+            return self.engine.train_batch(data_iter=it).item()
         losses = []
         for _ in range(self.cfg.train.grad_accum):
             image_f, text_f, scale = self.engine(*self._next_batch(it))
@@ -193,12 +191,12 @@ class Trainer:
         dist.all_reduce(loss, group=self.dp_group)
         return loss.item() / self.layout.dp
 
-    def _pipeline_feed(self):
+    def _pipeline_feed(self, it):
         """(inputs, labels) per micro-batch, as PipelineEngine reads them: the first stage feeds the batch, the
         last stage only reads the (unused) labels; the contrastive loss needs none."""
         labels = torch.zeros(1, device=self.device)
         while True:
-            yield (self._next_batch(self._it) if self.reads_data else None), labels
+            yield (self._next_batch(it) if self.reads_data else None), labels
 
     def train(self) -> list[dict]:
         cfg = self.cfg.train
@@ -209,7 +207,7 @@ class Trainer:
             writer = SummaryWriter(str(self.out / "tb"))
             (self.out / "run_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
-        it = iter(self.loader)
+        it = self._pipeline_feed(iter(self.loader)) if self.layout.pp > 1 else iter(self.loader)
         history, window, t0 = [], [], time.time()
         samples_per_step = cfg.micro_batch * cfg.grad_accum * self.layout.dp
         peak = next((v for k, v in PEAK_TFLOPS.items() if self.device.type == "cuda"
@@ -263,8 +261,8 @@ class Trainer:
         sps = len(window) * samples_per_step / max(seconds, 1e-9)
         scalars = {"train/loss": sum(window) / len(window), "train/lr": self.engine.get_lr()[0],
                    "train/samples_per_s": sps, "data/skipped": sum(skipped.values())}
-        scale = dict(self.engine.module.named_parameters()).get("logit_scale")  # not on rank 0 at pp > 1
-        if scale is not None and self.engine.zero_optimization_stage() < 3:
+        has_scale = any(n == "logit_scale" for n, _ in self.engine.module.named_parameters())  # pp > 1: last stage
+        if has_scale and self.engine.zero_optimization_stage() < 3:
             scalars["train/logit_scale"] = CLIP.scale(self.engine.module).item()
         if peak_tflops:
             scalars["train/mfu"] = 3 * self.arch.flops_per_sample() * sps / (peak_tflops * 1e12 * self.layout.world)
@@ -297,8 +295,7 @@ class Trainer:
         dist.all_gather_object(states, (self.reads_data, self.dp_rank, self.loader.state_dict()))
         # one position per data-parallel rank, from the ranks that read data
         data = [s for _, s in sorted({dp: s for reads, dp, s in states if reads}.items())]
-        shadow = merge_stages(gather_full(self.ema.shadow.items(), self.arch.text.vocab, self.tp_group),
-                              self.pp_group if self.layout.pp > 1 else None)
+        shadow = merge_stages(gather_full(self.ema.shadow.items(), self.arch.text.vocab, self.tp_group), self.pp_group)
         ema = {"decay": self.ema.decay, "shadow": shadow}
         client = {"architecture": self.arch.to_dict(), "step": self.step, "data": data,
                   "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
