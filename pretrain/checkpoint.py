@@ -102,6 +102,16 @@ def resolve(path: str | Path) -> tuple[Path, str]:
     raise CheckpointError(f"{path}: not a checkpoint (no 'latest' file and no {MODEL_STATES})")
 
 
+def resume_dir(out_dir: str | Path, resume: str | None) -> Path | None:
+    """The tag folder a run resumes from: `--resume latest` is the run's own last checkpoint, or a fresh start
+    (None) when nothing is saved yet, as OpenCLIP's `--resume latest` does; any other value is a path."""
+    out = Path(out_dir)
+    if not resume or (resume == "latest" and not (out / "checkpoints" / "latest").is_file()):
+        return None
+    base, tag = resolve(out if resume == "latest" else resume)
+    return base / tag
+
+
 def is_universal(tag_dir: Path) -> bool:
     return (tag_dir / "zero").is_dir()
 

@@ -68,15 +68,6 @@ def pim_of(cfg: RunConfig) -> PIM:
     return PIM(**{k: v for k, v in (("m", g.pim_m), ("source", g.pim_source), ("seed", g.pim_seed)) if v is not None})
 
 
-def resume_dir(cfg: RunConfig, resume: str | None) -> Path | None:
-    """The tag folder a run resumes from, by the Trainer's rule (`latest` with nothing saved: a fresh start)."""
-    out = Path(cfg.train.out_dir)
-    if not resume or (resume == "latest" and not (out / "checkpoints" / "latest").is_file()):
-        return None
-    base, tag = ckpt.resolve(out if resume == "latest" else resume)
-    return base / tag
-
-
 def close(trainer: Trainer) -> None:
     """Release what a Trainer holds process-wide, so the next one builds its own: the engine (optimizer hooks,
     ZeRO buffers), DeepSpeed's reference to our mpu and megatron-core's process groups. The caller drops its
@@ -98,7 +89,7 @@ class GrowingRun:
         self.cfg, self.ds_config = cfg, ds_config
         self.out = Path(cfg.train.out_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.source = resume_dir(cfg, resume) if cfg.growth.at_steps else None  # grown first if no step is left
+        self.source = ckpt.resume_dir(cfg.train.out_dir, resume) if cfg.growth.at_steps else None  # grown first if no step is left
         client = ckpt.read_client_state(self.source) if self.source else {}
         self.pending, layout = resume_plan(cfg, client)
         self.pim = pim_of(cfg)

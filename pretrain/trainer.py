@@ -64,7 +64,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, ds_config: dict, resume: str | None = None):
         self.cfg = cfg
         self.out = Path(cfg.train.out_dir)
-        resume_dir = self._find_resume(resume)
+        resume_dir = ckpt.resume_dir(self.out, resume)
         client = ckpt.read_client_state(resume_dir) if resume_dir else None
         self.arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
         self.tokenizer = Tokenizer(cfg.data.tokenizer, self.arch.text.context)
@@ -123,16 +123,6 @@ class Trainer:
             self._restore(resume_dir, client)
 
     # ---- set-up checks --------------------------------------------------------------------------------
-    def _find_resume(self, resume: str | None) -> Path | None:
-        if not resume:
-            return None
-        if resume == "latest":
-            if not (self.out / "checkpoints" / "latest").is_file():
-                return None  # nothing saved yet: a fresh start, as OpenCLIP's --resume latest does
-            resume = str(self.out)
-        base, tag = ckpt.resolve(resume)
-        return base / tag
-
     def _check_compatible(self, client: dict | None) -> None:
         if self.arch.text.vocab != self.tokenizer.vocab_size:
             raise ConfigError(f"model text.vocab={self.arch.text.vocab} but the tokenizer "
