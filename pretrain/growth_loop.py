@@ -89,7 +89,8 @@ class GrowingRun:
         self.cfg, self.ds_config = cfg, ds_config
         self.out = Path(cfg.train.out_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.source = ckpt.resume_dir(cfg.train.out_dir, resume) if cfg.growth.at_steps else None  # grown first if no step is left
+        # the checkpoint to grow first, when the run resumes at a growth step not yet taken
+        self.source = ckpt.resume_dir(cfg.train.out_dir, resume) if cfg.growth.at_steps else None
         client = ckpt.read_client_state(self.source) if self.source else {}
         self.pending, layout = resume_plan(cfg, client)
         self.pim = pim_of(cfg)
