@@ -38,9 +38,8 @@ def width(src_width: int, dst_width: int) -> IndexMap:
     return IndexMap.tile(src_width, dst_width)
 
 
-def attention(src_heads: int, src_width: int, dst_heads: int, dst_width: int) -> tuple[IndexMap, IndexMap]:
-    """(rows of the fused [q; k; v] projection, columns of the out-projection)."""
-    d_src, d_dst = src_width // src_heads, dst_width // dst_heads
+def attention(src_heads: int, d_src: int, dst_heads: int, d_dst: int) -> tuple[IndexMap, IndexMap]:
+    """(rows of the fused [q; k; v] projection, columns of the out-projection), from heads and head dims."""
     inner = IndexMap.concat([IndexMap.tile(d_src, d_dst)] * src_heads + [IndexMap.new(d_dst)] * (dst_heads - src_heads))
     query = inner.fan_in().scaled(math.sqrt(d_dst / d_src))  # sum over copies x sqrt of the new softmax scale
     return IndexMap.concat([query, inner, inner]), inner.fan_in()

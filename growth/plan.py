@@ -37,7 +37,7 @@ def _stack(prefix: str, src, dst, src_layers: int) -> dict[str, TensorMap]:
 
 def _block_dims(src, dst) -> dict[str, tuple[IndexMap, ...]]:
     res = op.width(src.width, dst.width)
-    qkv, inner_in = op.attention(src.heads, src.width, dst.heads, dst.width)
+    qkv, inner_in = op.attention(src.heads, src.attn_head_dim, dst.heads, dst.attn_head_dim)
     hidden = op.mlp(src.width, src.mlp_ratio, dst.width, dst.mlp_ratio)
     res_in = res.fan_in()
     return {
@@ -53,7 +53,7 @@ def _block_dims(src, dst) -> dict[str, tuple[IndexMap, ...]]:
 def _block_param_names() -> list[str]:
     from pretrain.model.blocks import ResidualBlock
     with torch.device("meta"):
-        return [n for n, _ in ResidualBlock(2, 1, 2).named_parameters()]
+        return [n for n, _ in ResidualBlock(2, 1, 2, 2).named_parameters()]
 
 
 def _adapter(name: str, src: Architecture, dst: Architecture, pooled: IndexMap) -> dict[str, TensorMap]:

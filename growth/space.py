@@ -1,12 +1,17 @@
 """The growth space: typed moves on the Architecture value object, and the checks a target must pass.
 
-A move is `tower.field OP value` with tower in vision|text|shared, field in layers|width|heads|mlp_ratio and OP
-one of `+=`, `*=`, `=`. A compound move is a comma-separated list, applied left to right. The growth operators
-are built from the (source, target) architectures alone, so the order inside a compound move does not matter.
+A move is `tower.field OP value` with tower in vision|text|shared, field in layers|width|heads|head_dim|mlp_ratio
+and OP one of `+=`, `*=`, `=`. A compound move is a comma-separated list, applied left to right. The growth
+operators are built from the (source, target) architectures alone, so the order inside a compound move does not
+matter.
 
-`heads` keeps head_dim: the attention inner dim of our blocks IS the residual width, so `heads*=2` doubles the
-width too (new heads need new inner channels; shrinking head_dim cannot preserve attention). Use `width` to
-widen at a fixed head count (head_dim grows).
+- `heads` adds heads at a fixed width and head_dim (growclip-method.md): the attention inner dim heads·head_dim
+  grows, the new heads get fresh Q/K/V and zero out-projection columns, and the residual stream is unchanged.
+  The grown tower therefore records head_dim explicitly (Megatron's kv_channels), and cannot be exported to
+  OpenCLIP, whose attention ties the inner dim to the width.
+- `width` widens the residual stream. Where head_dim is tied to the width (not set), head_dim grows with it;
+  where it is set, the attention inner dim stays as it is.
+- `head_dim` widens every head (queries rescaled so the attention scores are unchanged).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from pretrain.parallel.layout import Layout, LayoutError
 from .errors import GrowthError
 
 TOWERS = ("vision", "text", "shared")
-FIELDS = ("layers", "width", "heads", "mlp_ratio")
+FIELDS = ("layers", "width", "heads", "head_dim", "mlp_ratio")
 FIXED = {"vision": ("patch", "image_size"), "text": ("vocab", "context")}
 _MOVE = re.compile(r"^\s*(\w+)\.(\w+)\s*(\+=|\*=|=)\s*([-+0-9.eE]+)\s*$")
 
@@ -57,13 +62,18 @@ class Move:
 
     def apply(self, arch: Architecture) -> Architecture:
         tower = getattr(arch, self.tower)
-        changes = {self.field: self._new_value(getattr(tower, self.field))}
-        if self.field == "heads":  # keep head_dim: the inner dim (= width) grows with the heads
-            changes["width"] = changes["heads"] * (tower.width // tower.heads)
+        changes = {self.field: self._new_value(_value(tower, self.field))}
+        if self.field == "heads":  # keep width and head_dim: the attention inner dim grows with the heads
+            changes["head_dim"] = tower.attn_head_dim
         try:
             return arch.replace(**{self.tower: dataclasses.replace(tower, **changes)})
         except ArchitectureError as e:
             raise GrowthError(f"move {self} gives an invalid architecture: {e}") from e
+
+
+def _value(tower, field: str):
+    """A field's value, with head_dim resolved (None means width / heads)."""
+    return tower.attn_head_dim if field == "head_dim" else getattr(tower, field)
 
 
 @dataclass(frozen=True)
@@ -80,9 +90,19 @@ class Moves:
 
     @classmethod
     def between(cls, src: Architecture, dst: Architecture) -> "Moves":
-        """The assignments that turn src into dst (how a `--to ARCH.yaml` target is recorded)."""
-        return cls(tuple(Move(t, f, "=", getattr(getattr(dst, t), f)) for t in TOWERS for f in FIELDS
-                         if getattr(getattr(src, t), f) != getattr(getattr(dst, t), f)))
+        """The assignments that turn src into dst (how a `--to ARCH.yaml` target is recorded). Each is checked
+        against src with the earlier ones applied, so a head_dim that follows a width change is not repeated."""
+        moves, arch = [], src
+        for t in TOWERS:
+            for f in FIELDS:
+                want = _value(getattr(dst, t), f)
+                if _value(getattr(arch, t), f) != want:
+                    moves.append(Move(t, f, "=", want))
+                    try:
+                        arch = moves[-1].apply(arch)
+                    except GrowthError:
+                        pass  # an intermediate size the later moves repair: the recorded text stays complete
+        return cls(tuple(moves))
 
     def apply(self, arch: Architecture) -> Architecture:
         for move in self.moves:
@@ -138,9 +158,9 @@ def _tower_problems(name, a, b) -> list[str]:
         out.append(f"{name}.width shrinks {a.width} -> {b.width}")
     if b.heads < a.heads:
         out.append(f"{name}.heads shrinks {a.heads} -> {b.heads}")
-    if b.width // b.heads < a.width // a.heads:
-        out.append(f"{name} head_dim shrinks {a.width // a.heads} -> {b.width // b.heads} (grow heads with "
-                   f"`{name}.heads*=k`, which widens the tower with them)")
+    if b.attn_head_dim < a.attn_head_dim:
+        out.append(f"{name}.head_dim shrinks {a.attn_head_dim} -> {b.attn_head_dim} (grow heads with "
+                   f"`{name}.heads*=k`, which keeps head_dim)")
     if mlp_hidden(b.width, b.mlp_ratio) < mlp_hidden(b.width, a.mlp_ratio):
         out.append(f"{name}.mlp_ratio shrinks {a.mlp_ratio} -> {b.mlp_ratio}")
     return out

@@ -16,14 +16,35 @@ class ArchitectureError(ValueError):
     """An architecture that cannot be built; the message names the offending field."""
 
 
+class Attention:
+    """Attention sizes shared by the three tower types. `head_dim` (Megatron's kv_channels) is None when it is
+    tied to the width (width / heads, OpenCLIP's blocks); set, the attention inner dim heads·head_dim may differ
+    from the residual width. A head_dim equal to width / heads is stored as None, so equal models compare equal."""
+
+    def __post_init__(self):
+        hd = self.head_dim
+        if hd is not None and isinstance(self.heads, int) and self.heads > 0 and hd * self.heads == self.width:
+            object.__setattr__(self, "head_dim", None)
+
+    @property
+    def attn_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.width // self.heads
+
+    @property
+    def attn_width(self) -> int:
+        """The attention inner dim: rows of q, k and v each, columns of the out-projection."""
+        return self.heads * self.attn_head_dim
+
+
 @dataclass(frozen=True)
-class VisionTower:
+class VisionTower(Attention):
     layers: int = 12
     width: int = 768
     heads: int = 12
     mlp_ratio: float = 4.0
     patch: int = 32
     image_size: int = 224
+    head_dim: int | None = None
 
     @property
     def grid(self) -> int:
@@ -35,33 +56,36 @@ class VisionTower:
 
 
 @dataclass(frozen=True)
-class TextTower:
+class TextTower(Attention):
     layers: int = 12
     width: int = 512
     heads: int = 8
     mlp_ratio: float = 4.0
     vocab: int = 49408
     context: int = 77
+    head_dim: int | None = None
 
 
 @dataclass(frozen=True)
-class SharedEncoder:
+class SharedEncoder(Attention):
     """Blocks with one set of weights, applied after each tower. layers = 0 means plain CLIP."""
     layers: int = 0
     width: int = 512
     heads: int = 8
     mlp_ratio: float = 4.0
+    head_dim: int | None = None
 
 
 def mlp_hidden(width: int, mlp_ratio: float) -> int:
     return int(width * mlp_ratio)
 
 
-def block_flops(width: int, mlp_ratio: float, tokens: int, causal: bool = False) -> float:
-    """Forward FLOPs (multiply-add = 2) of one pre-LN block on one sample: QKV, out, MLP, and attention
-    scores + values (half of them under a causal mask)."""
-    per_token = 2 * (4 * width * width + 2 * width * mlp_hidden(width, mlp_ratio))
-    return tokens * per_token + 2 * 2 * tokens * tokens * width * (0.5 if causal else 1.0)
+def block_flops(t: Attention, tokens: int, causal: bool = False) -> float:
+    """Forward FLOPs (multiply-add = 2) of one pre-LN block of tower `t` on one sample: QKV, out, MLP, and
+    attention scores + values (half of them under a causal mask)."""
+    width, inner = t.width, t.attn_width
+    per_token = 2 * (4 * width * inner + 2 * width * mlp_hidden(width, t.mlp_ratio))
+    return tokens * per_token + 2 * 2 * tokens * tokens * inner * (0.5 if causal else 1.0)
 
 
 @dataclass(frozen=True)
@@ -90,8 +114,12 @@ class Architecture:
         if self.embed_dim <= 0:
             raise ArchitectureError(f"embed_dim must be positive, got {self.embed_dim}")
         for name, t in (("vision", self.vision), ("text", self.text), ("shared", self.shared)):
-            if t.width % t.heads:
-                raise ArchitectureError(f"{name}.width={t.width} is not divisible by {name}.heads={t.heads}")
+            if t.head_dim is not None and (not isinstance(t.head_dim, int) or isinstance(t.head_dim, bool)
+                                           or t.head_dim <= 0):
+                raise ArchitectureError(f"{name}.head_dim must be a positive integer or null, got {t.head_dim!r}")
+            if t.head_dim is None and t.width % t.heads:
+                raise ArchitectureError(f"{name}.width={t.width} is not divisible by {name}.heads={t.heads} "
+                                        f"(or set {name}.head_dim)")
             if mlp_hidden(t.width, t.mlp_ratio) < 1:
                 raise ArchitectureError(f"{name}.mlp_ratio={t.mlp_ratio} gives an empty MLP")
         if self.vision.image_size % self.vision.patch:
@@ -111,8 +139,8 @@ class Architecture:
     def flops_per_sample(self) -> float:
         """Forward FLOPs (multiply-add = 2) of one image-text pair; training is about 3x this."""
         v, t, s = self.vision, self.text, self.shared
-        f = v.layers * block_flops(v.width, v.mlp_ratio, v.tokens) + self.patch_embed_flops()
-        f += t.layers * block_flops(t.width, t.mlp_ratio, t.context, causal=True)
+        f = v.layers * block_flops(v, v.tokens) + self.patch_embed_flops()
+        f += t.layers * block_flops(t, t.context, causal=True)
         f += s.layers * self.shared_block_flops() + self.adapter_flops()
         return float(f + self.head_flops())
 
@@ -123,8 +151,7 @@ class Architecture:
     def shared_block_flops(self) -> float:
         """One shared block, run on the image tokens and on the text tokens."""
         s = self.shared
-        return (block_flops(s.width, s.mlp_ratio, self.vision.tokens)
-                + block_flops(s.width, s.mlp_ratio, self.text.context, causal=True))
+        return block_flops(s, self.vision.tokens) + block_flops(s, self.text.context, causal=True)
 
     def adapter_flops(self) -> float:
         s, v, t = self.shared, self.vision, self.text

@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from ..arch import mlp_hidden
 from .attention import attention
 
 
@@ -15,15 +16,17 @@ class QKVProjection(nn.Module):
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection laid out [q; k; v] like nn.MultiheadAttention.
-    The number of heads is read off the projection's output, so a tensor-parallel shard runs its own heads."""
+    The inner dim is heads·head_dim (the width, unless the architecture sets head_dim). The number of heads is
+    read off the projection's output, so a tensor-parallel shard runs its own heads."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, head_dim: int):
         super().__init__()
-        self.head_dim = width // heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.head_dim = head_dim
+        inner = heads * head_dim
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * inner, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * inner))
         self.in_proj = QKVProjection()
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(inner, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
@@ -47,10 +50,10 @@ class MLP(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, width: int, heads: int, hidden: int):
+    def __init__(self, width: int, heads: int, hidden: int, head_dim: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
-        self.attn = SelfAttention(width, heads)
+        self.attn = SelfAttention(width, heads, head_dim)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = MLP(width, hidden)
 
@@ -60,11 +63,14 @@ class ResidualBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of blocks; `resblocks.{i}` matches OpenCLIP's names."""
+    """A stack of blocks of one tower `t` (its width, heads, head_dim, MLP); `resblocks.{i}` matches OpenCLIP."""
 
-    def __init__(self, width: int, layers: int, heads: int, hidden: int):
+    def __init__(self, t):
         super().__init__()
-        self.resblocks = nn.ModuleList([ResidualBlock(width, heads, hidden) for _ in range(layers)])
+        width, layers = t.width, t.layers
+        hidden = mlp_hidden(width, t.mlp_ratio)
+        self.resblocks = nn.ModuleList([ResidualBlock(width, t.heads, hidden, t.attn_head_dim)
+                                        for _ in range(layers)])
         init_blocks(self.resblocks, width, layers)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:

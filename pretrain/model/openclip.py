@@ -30,6 +30,12 @@ def openclip_config(arch: Architecture) -> dict:
     if arch.shared.layers:
         raise ArchitectureError(f"shared.layers={arch.shared.layers}: OpenCLIP has no shared encoder, cannot export")
     v, t = arch.vision, arch.text
+    for name, tower in (("vision", v), ("text", t)):
+        if tower.attn_width != tower.width:
+            raise ArchitectureError(
+                f"{name}.head_dim={tower.head_dim}: the attention inner dim {tower.heads}x{tower.head_dim} = "
+                f"{tower.attn_width} differs from {name}.width={tower.width}, and OpenCLIP's attention ties the "
+                f"two; cannot export")
     return {"embed_dim": arch.embed_dim,
             "vision_cfg": {"image_size": v.image_size, "layers": v.layers, "width": v.width,
                            "head_width": v.width // v.heads, "mlp_ratio": v.mlp_ratio, "patch_size": v.patch},
@@ -78,14 +84,15 @@ def import_openclip(state_dict: dict, arch: Architecture | None = None) -> CLIP:
                                 f"unexpected {unexpected[:5]}")
     for k, v in state_dict.items():
         if v.shape != ours[k].shape:
-            raise ArchitectureError(f"OpenCLIP tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(ours[k].shape)}")
+            raise ArchitectureError(
+                f"OpenCLIP tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(ours[k].shape)}")
     model.load_state_dict(state_dict)
     return model
 
 
 def export_openclip(model: CLIP) -> dict[str, torch.Tensor]:
     """OpenCLIP state dict of a plain-CLIP model (a shared encoder cannot be expressed in OpenCLIP)."""
-    openclip_config(model.arch)  # raises for a shared encoder
+    openclip_config(model.arch)  # raises for a shared encoder or an attention inner dim != width
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sd["logit_scale"] = sd["logit_scale"].reshape(())
     return sd

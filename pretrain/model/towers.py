@@ -6,7 +6,7 @@ from the same modules. OpenCLIP keeps the text tower at the top level of CLIP, s
 import torch
 from torch import nn
 
-from ..arch import Architecture, mlp_hidden
+from ..arch import Architecture
 from .blocks import Transformer
 
 
@@ -19,7 +19,7 @@ class VisionTower(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(v.width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(v.tokens, v.width))
         self.ln_pre = nn.LayerNorm(v.width)
-        self.transformer = Transformer(v.width, v.layers, v.heads, mlp_hidden(v.width, v.mlp_ratio))
+        self.transformer = Transformer(v)
         out = arch.vision_out_width
         self.ln_post = nn.LayerNorm(out)
         self.proj = nn.Parameter((out ** -0.5) * torch.randn(out, arch.embed_dim))
@@ -41,7 +41,7 @@ class SharedEncoder(nn.Module):
     def __init__(self, arch: Architecture):
         super().__init__()
         s = arch.shared
-        self.transformer = Transformer(s.width, s.layers, s.heads, mlp_hidden(s.width, s.mlp_ratio))
+        self.transformer = Transformer(s)
         self.adapter_visual = nn.Linear(arch.vision.width, s.width) if arch.vision.width != s.width else None
         self.adapter_text = nn.Linear(arch.text.width, s.width) if arch.text.width != s.width else None
 

@@ -26,9 +26,9 @@ class PipeLayer:
 
 def layer_order(arch: Architecture) -> list[PipeLayer]:
     v, t, s = arch.vision, arch.text, arch.shared
-    blocks = [((i + 0.5) / v.layers, 0, PipeLayer("vision", i, block_flops(v.width, v.mlp_ratio, v.tokens)))
+    blocks = [((i + 0.5) / v.layers, 0, PipeLayer("vision", i, block_flops(v, v.tokens)))
               for i in range(v.layers)]
-    blocks += [((j + 0.5) / t.layers, 1, PipeLayer("text", j, block_flops(t.width, t.mlp_ratio, t.context, True)))
+    blocks += [((j + 0.5) / t.layers, 1, PipeLayer("text", j, block_flops(t, t.context, True)))
                for j in range(t.layers)]
     layers = [PipeLayer("embed", 0, arch.patch_embed_flops())] + [b for *_, b in sorted(blocks)]
     if s.layers:

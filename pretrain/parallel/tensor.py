@@ -158,8 +158,8 @@ def apply_tensor_parallel(model: nn.Module, tp: int) -> nn.Module:
             _mark_split(emb.weight, 0)
             setattr(parent, child, emb)
         else:  # qkv: the weights live on the attention module itself
-            width = parent.in_proj_weight.shape[1]
-            parent.in_proj = ColumnParallelQKV(width, 3 * width, config=cfg, init_method=_no_init, bias=False,
+            out_features, width = parent.in_proj_weight.shape  # 3 x heads x head_dim, residual width
+            parent.in_proj = ColumnParallelQKV(width, out_features, config=cfg, init_method=_no_init, bias=False,
                                                gather_output=False, skip_weight_param_allocation=True)
             for pname in ("in_proj_weight", "in_proj_bias"):
                 local = nn.Parameter(shard(getattr(parent, pname).data, "qkv", rank, tp))

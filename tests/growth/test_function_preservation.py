@@ -16,6 +16,8 @@ CASES = [
     (PLAIN, "shared.layers=1"),                  # shared 0 -> 1, widths equal: no adapters
     (PLAIN, "shared.layers=1,shared.width=64"),  # shared 0 -> 1 through duplicating adapters
     (SHARED, "vision.width*=2"),                 # a tower outgrows the shared width: an adapter appears
+    (PLAIN, "vision.head_dim*=2"),               # wider heads, same count and residual width
+    (PLAIN, "text.heads*=2,text.width*=2"),      # residual width doubled around a fixed attention inner dim
     (PLAIN, "vision.layers+=2,text.width*=2,vision.heads*=2,text.mlp_ratio*=1.5,shared.layers=2,shared.width=128"),
 ]
 
@@ -35,6 +37,16 @@ def test_operator_preserves_the_function(shared, move):
     assert notes == []
     batch = fixed_batch(src.arch)
     assert max_diff(outputs(src, batch), outputs(grown, batch)) <= TOL
+
+
+def test_a_grown_head_dim_keeps_preserving():
+    """The source already has more heads than width / head_dim (an explicit head_dim): grow it again."""
+    src_arch = Moves.parse("vision.heads*=2,text.heads+=1").apply(tiny_arch())
+    for move in ("vision.width*=2", "text.heads+=1,text.layers+=1", "vision.head_dim*=2"):
+        src, grown, notes = grow_model(src_arch, move)
+        assert notes == []
+        batch = fixed_batch(src.arch)
+        assert max_diff(outputs(src, batch), outputs(grown, batch)) <= TOL, move
 
 
 def test_non_integer_width_is_approximate_and_says_so():

@@ -23,11 +23,28 @@ def test_compound_move_applies_in_order():
     assert (dst.shared.layers, dst.shared.width) == (1, 64)
 
 
-def test_heads_move_keeps_head_dim():
+def test_heads_move_keeps_width_and_head_dim():
     dst = Moves.parse("text.heads*=2").apply(tiny_arch())
-    assert (dst.text.heads, dst.text.width) == (4, 64)
+    assert (dst.text.heads, dst.text.width, dst.text.head_dim, dst.text.attn_width) == (4, 32, 16, 64)
     dst = Moves.parse("vision.heads+=1").apply(tiny_arch())
-    assert (dst.vision.heads, dst.vision.width) == (3, 48)
+    assert (dst.vision.heads, dst.vision.width, dst.vision.attn_width) == (3, 32, 48)
+    assert check_growth(tiny_arch(), dst) == []
+
+
+def test_width_move_keeps_an_explicit_head_dim_and_widens_a_tied_one():
+    src = tiny_arch()
+    tied = Moves.parse("text.width*=2").apply(src)
+    assert (tied.text.head_dim, tied.text.attn_head_dim, tied.text.attn_width) == (None, 32, 64)
+    explicit = Moves.parse("text.heads*=2,text.width*=4").apply(src)
+    assert (explicit.text.head_dim, explicit.text.attn_width, explicit.text.width) == (16, 64, 128)
+
+
+def test_head_dim_move_and_round_trip_through_a_target_architecture():
+    src = tiny_arch()
+    dst = Moves.parse("vision.head_dim*=2").apply(src)
+    assert (dst.vision.head_dim, dst.vision.attn_width, dst.vision.width) == (32, 64, 32)
+    arch, text = target_architecture(src, dst)
+    assert text == "vision.head_dim=32" and Moves.parse(text).apply(src) == dst
 
 
 def test_target_from_architecture_records_assignments():
@@ -57,11 +74,11 @@ def test_shrinking_target_is_refused(move, message):
         check_growth(src, Moves.parse(move).apply(src))
 
 
-def test_more_heads_at_the_same_width_is_refused():
-    """Only reachable with --to ARCH.yaml: the heads move itself widens the tower."""
+def test_narrower_heads_are_refused():
+    """Only reachable with --to ARCH.yaml: more heads in the same inner dim would cut every old head."""
     src = tiny_arch()
     dst = src.replace(text=dataclasses.replace(src.text, heads=4))
-    with pytest.raises(GrowthError, match="text head_dim shrinks 16 -> 8"):
+    with pytest.raises(GrowthError, match="text.head_dim shrinks 16 -> 8"):
         check_growth(src, dst)
 
 

@@ -49,7 +49,7 @@ def test_depth_spreads_new_blocks():
 def test_attention_map_preserves_scaled_dot_products_for_any_head_dim_factor():
     """head_dim 4 -> 6 (not an integer factor): q'.k'/sqrt(6) == q.k/sqrt(4) per head."""
     heads, d, d2 = 2, 4, 6
-    qkv, out_cols = op.attention(heads, heads * d, heads, heads * d2)
+    qkv, out_cols = op.attention(heads, d, heads, d2)
     q, k = torch.randn(heads * d), torch.randn(heads * d)
     src = torch.cat([q, k, torch.zeros(heads * d)])
     grown = TensorMap("b", (qkv,)).weights(src, torch.zeros(3 * heads * d2))
@@ -60,7 +60,7 @@ def test_attention_map_preserves_scaled_dot_products_for_any_head_dim_factor():
 
 
 def test_attention_and_mlp_new_units():
-    qkv, out_cols = op.attention(2, 8, 4, 16)  # heads 2 -> 4 at head_dim 4
+    qkv, out_cols = op.attention(2, 4, 4, 4)  # heads 2 -> 4 at head_dim 4
     assert (qkv.src[:8] >= 0).all() and (qkv.src[8:16] == NEW).all() and (out_cols.src[8:] == NEW).all()
     hidden = op.mlp(8, 4.0, 8, 6.0)
     assert hidden.src.tolist() == list(range(32)) + [NEW] * 16

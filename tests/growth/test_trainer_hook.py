@@ -1,5 +1,6 @@
 """The trainer's growth hook (pretrain/growth_loop.py): one 2-rank ZeRO-1 run that grows in-process twice,
-vision depth at step 2 while moving from (tp, dp) = (1, 2) to (2, 1), then text depth at step 4 back to (1, 2);
+vision heads 2 -> 4 at step 2 (attention inner dim 64 -> 128 at width 64) while moving from (tp, dp) = (1, 2) to
+(2, 1), then text depth at step 4 back to (1, 2);
 how a resume picks the growths left and its layout; growth config errors that stop the entry point before any
 training (in-process: main returns before DeepSpeed starts)."""
 import math
@@ -20,7 +21,7 @@ from tests.growth.helpers import TOL
 from tests.growth.runs import first_batches, grown_model, single_process_loss
 
 STEPS, LR = 7, 0.002
-GROWTHS = {2: ("vision.layers+=2", 2), 4: ("text.layers+=1", 1)}  # step -> (move, tp after it)
+GROWTHS = {2: ("vision.heads*=2", 2), 4: ("text.layers+=1", 1)}  # step -> (move, tp after it)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_grown_checkpoints_carry_the_architecture_and_history(growing_run):
         history.append(entry)
         assert client["growth_history"] == history, "the trainer dropped the history of an earlier growth"
     arch = Architecture.from_dict(ckpt.read_client_state(grown_tag(growing_run, 4))["architecture"])
-    assert (arch.vision.layers, arch.text.layers) == (4, 3)
+    assert (arch.vision.heads, arch.vision.width, arch.vision.attn_width, arch.text.layers) == (4, 64, 128, 3)
     final = ckpt.read_client_state(growing_run / "checkpoints" / f"step{STEPS:08d}")
     assert ckpt.resolve(growing_run) == (growing_run / "checkpoints", f"step{STEPS:08d}")
     assert final["architecture"] == arch.to_dict() and final["growth_history"] == history

@@ -1,4 +1,6 @@
 """The architecture object and the run config: round trips, and errors that name the field."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -24,6 +26,8 @@ def test_configs_load_and_round_trip(tmp_path, name):
     ({"shared": {"layers": -1}}, "shared.layers must be >= 0"),
     ({"text": {"vocabulary": 3}}, "text.vocabulary"),
     ({"visual": {}}, "unknown key"),
+    ({"text": {"head_dim": 0}}, "text.head_dim must be a positive integer or null, got 0"),
+    ({"shared": {"head_dim": 8.5}}, "shared.head_dim must be a positive integer or null, got 8.5"),
 ])
 def test_invalid_architectures_name_the_field(change, message):
     with pytest.raises(ArchitectureError, match=message.replace(".", r"\.").replace("(", r"\(")):
@@ -45,6 +49,25 @@ def test_shared_encoder_with_adapters_shapes():
     assert i.shape == t.shape == (3, arch.embed_dim)
     assert torch.allclose(i.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert abs(s.item() - 1 / 0.07) < 1e-4
+
+
+def test_head_dim_decouples_the_attention_inner_dim():
+    """heads·head_dim need not equal the width (Megatron's kv_channels); width / heads is stored as None."""
+    arch = Architecture.from_dict({"vision": {"width": 100, "heads": 3, "head_dim": 32}})
+    assert (arch.vision.attn_width, arch.vision.attn_head_dim) == (96, 32)
+    assert Architecture.from_dict({"text": {"width": 512, "heads": 8, "head_dim": 64}}).text.head_dim is None
+    tiny = Architecture.load(TINY)
+    wide = tiny.replace(text=dataclasses.replace(tiny.text, heads=tiny.text.heads * 2,
+                                                 head_dim=tiny.text.width // tiny.text.heads))
+    assert wide.text.attn_width == 2 * tiny.text.width
+    attn = dict(CLIP(wide).named_parameters())
+    assert attn["transformer.resblocks.0.attn.in_proj_weight"].shape == (3 * wide.text.attn_width, tiny.text.width)
+    assert attn["transformer.resblocks.0.attn.out_proj.weight"].shape == (tiny.text.width, wide.text.attn_width)
+    t = tiny.text
+    grown_attention = 2 * 4 * t.width * t.width * t.context + 4 * t.context ** 2 * t.width * 0.5  # per block
+    assert wide.flops_per_sample() - tiny.flops_per_sample() == pytest.approx(t.layers * grown_attention)
+    text = torch.randint(1, 100, (2, t.context))
+    assert CLIP(wide).encode_text(text).shape == (2, wide.embed_dim)
 
 
 def test_text_is_causal_and_image_is_not():

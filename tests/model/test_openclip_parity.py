@@ -1,4 +1,6 @@
 """Our towers equal OpenCLIP's weight for weight: embeddings match to 1e-5 in fp32, both directions."""
+import dataclasses
+
 import open_clip
 import pytest
 import torch
@@ -55,6 +57,14 @@ def test_shared_encoder_cannot_export():
     arch = Architecture.load("configs/models/tiny.yaml")
     arch = arch.replace(shared=arch.shared.__class__(layers=1, width=128, heads=4))
     with pytest.raises(ArchitectureError, match="shared encoder"):
+        export_openclip(CLIP(arch))
+
+
+def test_decoupled_head_dim_cannot_export():
+    arch = Architecture.load("configs/models/tiny.yaml")
+    arch = arch.replace(vision=dataclasses.replace(arch.vision, heads=2 * arch.vision.heads,
+                                                   head_dim=arch.vision.width // arch.vision.heads))
+    with pytest.raises(ArchitectureError, match="attention inner dim .* differs from vision.width"):
         export_openclip(CLIP(arch))
 
 
