@@ -15,10 +15,7 @@ Everything is read with torch.load(weights_only=True), with the few DeepSpeed cl
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -60,9 +57,7 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def to_universal(ds_tag_dir: Path, out_tag_dir: Path) -> Path:
     """Convert a DeepSpeed (ZeRO 1/2) checkpoint with DeepSpeed's own converter, as a user would."""
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ds_tag_dir),
-           "--output_folder", str(out_tag_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = ckpt.ds_to_universal(ds_tag_dir, out_tag_dir)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise GrowthError(f"{ds_tag_dir}: ds_to_universal failed (corrupt or unsupported checkpoint?):\n  "

@@ -171,13 +171,27 @@ def _pipeline_layers(tag_dir: Path) -> dict[str, torch.Tensor]:
 def _via_universal(tag_dir: Path) -> dict[str, torch.Tensor]:
     """Full weights of a tensor-parallel DeepSpeed checkpoint, merged by DeepSpeed's own ds_to_universal (with
     our universal_checkpoint_info) into a temporary folder; the checkpoint itself is not touched."""
-    import subprocess
-    import sys
     import tempfile
     with tempfile.TemporaryDirectory(prefix="growclip-universal-") as tmp:
         out = Path(tmp) / tag_dir.name
-        proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                               str(tag_dir), "--output_folder", str(out)], capture_output=True, text=True)
+        proc = ds_to_universal(tag_dir, out)
         if proc.returncode != 0:
             raise CheckpointError(f"{tag_dir}: ds_to_universal failed: {proc.stderr.strip().splitlines()[-1:]}")
         return full_state_dict(out)
+
+
+def ds_to_universal(tag_dir: Path, out_dir: Path):
+    """Run DeepSpeed's `ds_to_universal` (a subprocess; returns its CompletedProcess). It matches full paths
+    as regular expressions and fails on folders named with "(", "+" or the like, so it is handed plain-named
+    links to the input and the output folder."""
+    import subprocess
+    import sys
+    import tempfile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="growclip-links-") as links:
+        src, dst = Path(links) / "source", Path(links) / "universal"
+        src.symlink_to(Path(tag_dir).resolve(), target_is_directory=True)
+        dst.symlink_to(out_dir.resolve(), target_is_directory=True)
+        return subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                               str(src), "--output_folder", str(dst)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})

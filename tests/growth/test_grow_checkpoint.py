@@ -3,6 +3,7 @@ it at (tp, pp, dp) = (1, 1, 2), (1, 1, 1), (2, 1, 1) and (1, 2, 1) with the grow
 learning."""
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 
@@ -129,3 +130,18 @@ def test_grow_the_grown_checkpoint_again(grown, tmp_path):
     batch = [(torch.randn(8, 3, target.vision.image_size, target.vision.image_size, generator=g), texts)]
     before_loss, after_loss = (single_process_loss(grown_model(t), batch) for t in (src_tag, tag_dir))
     assert abs(before_loss - after_loss) <= TOL
+
+
+def test_folders_named_with_parentheses_commas_and_spaces(source_run, grown, tmp_path):
+    """DeepSpeed's ds_to_universal reads full paths as regular expressions; growth hands it plain-named links,
+    so a source and an output folder named like this grow exactly as the plain-named fixture did."""
+    odd = tmp_path / "run (copy), v+2"
+    ckpt_dir, tag = ckpt.resolve(source_run)
+    source = odd / "checkpoints"
+    source.mkdir(parents=True)
+    shutil.copytree(ckpt_dir / tag, source / tag)
+    (source / "latest").write_text(tag)
+    out = tmp_path / "grown (1), x"
+    assert grow_main(["--from", str(odd), "--move", MOVE, "--tp", "1", "--pp", "1", "--out", str(out),
+                      "--pim-m", "0.9", "--pim-source", "ema"]) == 0
+    assert tree_digest(out / tag / "zero") == tree_digest(grown / tag / "zero")
