@@ -26,6 +26,7 @@ from .data.tokenizer import Tokenizer
 from .ema import EMA
 from .loss import contrastive_loss
 from .model import CLIP, set_backend
+from .model.clip import logit_scale_value
 from .optim import cosine_with_warmup, param_groups
 from .parallel.groups import init_distributed, init_groups
 from .parallel.layout import Layout
@@ -90,7 +91,8 @@ class Trainer:
         self.dp_group, self.tp_group = mpu.get_data_parallel_group(), mpu.get_tensor_model_parallel_group()
         self.pp_rank, self.pp_group = mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_group()
         self.reads_data = self.pp_rank == 0  # only the first stage feeds the pipeline
-        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
+                       else torch.device("cpu"))
         self.use_triton = cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and self.device.type == "cuda")
         set_backend("triton" if self.use_triton else "torch")
 
@@ -216,8 +218,8 @@ class Trainer:
             history.append(record)
             window.append(loss)
             if self.step % cfg.log_every == 0 or self.step == last:
-                record["skipped"] = self._skipped()
-                self._log(writer, window, time.time() - t0, samples_per_step, peak, record["skipped"])
+                record["skipped"], record["logit_scale"] = self._skipped(), self._logit_scale()
+                self._log(writer, window, time.time() - t0, samples_per_step, peak, record)
                 window, t0 = [], time.time()
             if self.rank == 0:
                 with open(self.out / "metrics.jsonl", "a") as f:
@@ -245,15 +247,27 @@ class Trainer:
                 total[reason] = total.get(reason, 0) + n
         return total
 
-    def _log(self, writer, window, seconds, samples_per_step, peak_tflops, skipped: dict) -> None:
+    def _logit_scale(self) -> float | None:
+        """exp(logit_scale) after this step (None under ZeRO-3, where it is partitioned). At pp > 1 only the
+        last stage holds it, so every rank of the pipeline group takes part in one all-reduce."""
+        if self.engine.zero_optimization_stage() >= 3:
+            return None
+        held = dict(self.engine.module.named_parameters()).get("logit_scale")
+        value = (logit_scale_value(held.detach()).reshape(1) if held is not None
+                 else torch.zeros(1, device=self.device))
+        if self.layout.pp > 1:
+            dist.all_reduce(value, group=self.pp_group)
+        return value.item()
+
+    def _log(self, writer, window, seconds, samples_per_step, peak_tflops, record: dict) -> None:
         if writer is None:
             return
         sps = len(window) * samples_per_step / max(seconds, 1e-9)
+        skipped = record["skipped"]
         scalars = {"train/loss": sum(window) / len(window), "train/lr": self.engine.get_lr()[0],
                    "train/samples_per_s": sps, "data/skipped": sum(skipped.values())}
-        has_scale = any(n == "logit_scale" for n, _ in self.engine.module.named_parameters())  # pp > 1: last stage
-        if has_scale and self.engine.zero_optimization_stage() < 3:
-            scalars["train/logit_scale"] = CLIP.scale(self.engine.module).item()
+        if record["logit_scale"] is not None:
+            scalars["train/logit_scale"] = record["logit_scale"]
         if peak_tflops:
             scalars["train/mfu"] = 3 * self.arch.flops_per_sample() * sps / (peak_tflops * 1e12 * self.layout.world)
         for k, v in scalars.items():

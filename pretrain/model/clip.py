@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..arch import LOG_100, Architecture, mlp_hidden
+from ..arch import LOG_100, Architecture
 from .blocks import Transformer
 from .towers import SharedEncoder, VisionTower
 
@@ -26,9 +26,10 @@ class CLIP(nn.Module):
         t = arch.text
         self.token_embedding = nn.Embedding(t.vocab, t.width)
         self.positional_embedding = nn.Parameter(torch.empty(t.context, t.width))
-        self.transformer = Transformer(t.width, t.layers, t.heads, mlp_hidden(t.width, t.mlp_ratio))
+        self.transformer = Transformer(t)
         self.ln_final = nn.LayerNorm(arch.text_out_width)
-        self.text_projection = nn.Parameter(arch.text_out_width ** -0.5 * torch.randn(arch.text_out_width, arch.embed_dim))
+        self.text_projection = nn.Parameter(
+            arch.text_out_width ** -0.5 * torch.randn(arch.text_out_width, arch.embed_dim))
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         self.shared = SharedEncoder(arch) if arch.shared.layers else None
@@ -62,8 +63,12 @@ class CLIP(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
     def scale(self) -> torch.Tensor:
-        """exp(logit_scale), clamped at 100 (the clamp is in the forward, so it holds at every layout)."""
-        return self.logit_scale.clamp(max=LOG_100).exp().squeeze(0)
+        return logit_scale_value(self.logit_scale)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor):
         return self.encode_image(image, normalize=True), self.encode_text(text, normalize=True), self.scale()
+
+
+def logit_scale_value(logit_scale: torch.Tensor) -> torch.Tensor:
+    """exp(logit_scale), clamped at 100 (the clamp is in the forward, so it holds at every layout)."""
+    return logit_scale.clamp(max=LOG_100).exp().squeeze(0)

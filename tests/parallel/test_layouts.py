@@ -44,6 +44,8 @@ def test_layout_matches_single_process(runs, layout):
     got, out = get(runs, *layout)
     for step in range(1, STEPS + 1):
         assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-5), (layout, step)
+    # logged on every rank; at pp > 1 only the last stage holds logit_scale and sends it over the pipeline group
+    assert got[STEPS]["logit_scale"] == pytest.approx(ref[STEPS]["logit_scale"], rel=1e-6), layout
     a, b = full_weights(runs, ref_out), full_weights(runs, out)
     assert a.keys() == b.keys()
     for name in a:
