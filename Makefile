@@ -1,5 +1,5 @@
 # make demo: set up, fetch offline data, train the tiny CLIP on 2 CPU ranks (ZeRO-2), print zero-shot top-1.
-# make test: the whole test suite (installs first when needed).
+# make test: lint (ruff, rules in pyproject.toml), then the whole test suite (installs first when needed).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ DATA ?= data
 RUN ?= runs/demo
 NPROC ?= 2
 
-.PHONY: install data demo train test bench bench-growth clean
+.PHONY: install data demo train lint test bench bench-growth clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
@@ -38,7 +38,10 @@ demo:
 	$(PY) -m eval --checkpoint $(RUN) --tasks fashion_mnist --out $(RUN)/eval.json && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
 	bash scripts/fetch_data.sh $(DATA) fashion_mnist wordnet
 	$(PY) -m pytest -q tests
 

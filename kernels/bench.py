@@ -73,7 +73,7 @@ def bench_attention():
             if "ms" in r:
                 r["tflops"] = round(flops / r["ms"] / 1e9, 1)
             rows.append(dict(shape=name, B=B, H=H, N=N, D=D, causal=causal, impl=impl, **r))
-        del q, k, v, do
+        q = k = v = do = None  # freed before the next shape
     return rows
 
 
@@ -91,7 +91,7 @@ def bench_loss():
         for impl, loss_fn in (("ours", clip_loss), ("open_clip", openclip)):
             fn = lambda: torch.autograd.grad(loss_fn(image, text, scale), (image, text, scale))  # noqa: E731
             rows.append(dict(B=B, D=D, impl=impl, **_measure(fn)))
-        del image, text
+        image = text = None  # freed before the next shape
     return rows
 
 

@@ -173,8 +173,8 @@ class _Streams(IterableDataset):
                 images, captions = [], []
             barren = barren + 1 if used == 0 else 0
             if barren >= BARREN_EPOCHS:
-                raise RuntimeError(f"data stream {stream} (rank {ld.stream_rank}, worker {worker}) found no usable sample "
-                                   f"in {barren} epochs; skipped {dict(skipped)}")
+                raise RuntimeError(f"data stream {stream} (rank {ld.stream_rank}, worker {worker}) found no usable "
+                                   f"sample in {barren} epochs; skipped {dict(skipped)}")
             epoch, skip_items = epoch + 1, 0
 
 

@@ -28,7 +28,8 @@ def test_every_stage_holds_contiguous_slices_of_both_towers(pp):
             seen[kind] += idx
     assert seen == {"vision": list(range(12)), "text": list(range(12))}
     last = layers[parts[-2]:]
-    assert [x.kind for x in layers if x.kind.startswith("shared")] == [x.kind for x in last if x.kind.startswith("shared")]
+    shared = [x.kind for x in layers if x.kind.startswith("shared")]
+    assert shared == [x.kind for x in last if x.kind.startswith("shared")]
 
 
 def test_layer_order_depends_on_the_architecture_only():

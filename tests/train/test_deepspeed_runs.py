@@ -70,7 +70,8 @@ def test_bad_samples_are_skipped_counted_and_training_goes_on(tiny_data, tmp_pat
            {"__key__": "bad1", "png": png_bytes(1)[:40], "txt": b"picture number 2"},
            {"__key__": "bad2", "png": png_header_only(20000, 20000), "txt": b"picture number 3"},
            {"__key__": "bad3", "png": png_bytes(3), "txt": b"   "}]
-    shard = write_tar(tmp_path / "bad.tar", [good_sample(i) for i in range(30)] + bad + [good_sample(30), good_sample(31)])
+    samples = [good_sample(i) for i in range(30)] + bad + [good_sample(30), good_sample(31)]
+    shard = write_tar(tmp_path / "bad.tar", samples)
     launch(tmp_path / "run", {**tiny_data, "shards": shard}, "train.steps=1", "data.order=global",
            "data.workers=0", "data.shuffle_buffer=1")
     assert metrics(tmp_path / "run")[1]["skipped"] == {"bad_image": 2, "too_large": 1, "empty_caption": 1}
