@@ -25,7 +25,7 @@ from pretrain.parallel.layout import Layout, LayoutError
 from .errors import GrowthError
 
 TOWERS = ("vision", "text", "shared")
-FIELDS = ("layers", "width", "heads", "head_dim", "mlp_ratio")
+FIELDS = ("layers", "heads", "head_dim", "width", "mlp_ratio")  # Moves.between records them in this order
 FIXED = {"vision": ("patch", "image_size"), "text": ("vocab", "context")}
 _MOVE = re.compile(r"^\s*(\w+)\.(\w+)\s*(\+=|\*=|=)\s*([-+0-9.eE]+)\s*$")
 
@@ -91,12 +91,17 @@ class Moves:
     @classmethod
     def between(cls, src: Architecture, dst: Architecture) -> "Moves":
         """The assignments that turn src into dst (how a `--to ARCH.yaml` target is recorded). Each is checked
-        against src with the earlier ones applied, so a head_dim that follows a width change is not repeated."""
+        against src with the earlier ones applied; heads and head_dim come before width, and a head_dim tied to
+        the width in both is left to the width move. The text records sizes: replayed, it gives dst's sizes,
+        though after a heads change a head_dim tied in dst comes back set (the history's `to` holds dst)."""
         moves, arch = [], src
         for t in TOWERS:
             for f in FIELDS:
                 want = _value(getattr(dst, t), f)
-                if _value(getattr(arch, t), f) != want:
+                tied = getattr(dst, t).head_dim is None, getattr(arch, t).head_dim is None
+                if f == "head_dim" and tied == (True, True):
+                    continue  # tied in both: the width move carries it
+                if _value(getattr(arch, t), f) != want or (f == "head_dim" and tied == (False, True)):  # pin it
                     moves.append(Move(t, f, "=", want))
                     try:
                         arch = moves[-1].apply(arch)

@@ -40,6 +40,7 @@ _TILES = {
     640: {32: Tiles(128, 64, 8, 3), 64: Tiles(128, 64, 8, 3), 128: Tiles(128, 64, 8, 2)},  # 577
 }
 _LARGE = _TILES[640]
+MAX_HEAD_DIM = 128  # the widest column of the tile table
 
 
 def tile_config(n: int, block_d: int, dtype: torch.dtype) -> Tiles:
@@ -52,8 +53,8 @@ def tile_config(n: int, block_d: int, dtype: torch.dtype) -> Tiles:
 def _launch_args(q: Tensor, key_lengths: Optional[Tensor], causal: bool):
     B, H, N, D = q.shape
     block_d = max(32, next_pow2(D))  # table columns: 32, 64, 128
-    if block_d > 128:
-        raise ValueError(f"flash_attention supports head dims up to 128, got {D}")
+    if block_d > MAX_HEAD_DIM:
+        raise ValueError(f"flash_attention supports head dims up to {MAX_HEAD_DIM}, got {D}")
     t = tile_config(N, block_d, q.dtype)
     lens = q if key_lengths is None else key_lengths  # dummy pointer when HAS_LENS=False
     meta = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=causal, HAS_LENS=key_lengths is not None,

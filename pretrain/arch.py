@@ -18,13 +18,10 @@ class ArchitectureError(ValueError):
 
 class Attention:
     """Attention sizes shared by the three tower types. `head_dim` (Megatron's kv_channels) is None when it is
-    tied to the width (width / heads, OpenCLIP's blocks); set, the attention inner dim heads·head_dim may differ
-    from the residual width. A head_dim equal to width / heads is stored as None, so equal models compare equal."""
-
-    def __post_init__(self):
-        hd = self.head_dim
-        if hd is not None and isinstance(self.heads, int) and self.heads > 0 and hd * self.heads == self.width:
-            object.__setattr__(self, "head_dim", None)
+    tied to the width (width / heads, OpenCLIP's blocks): a width move then widens the heads too. Set, the
+    attention inner dim heads·head_dim is its own axis: it may differ from the residual width, and a width move
+    leaves it alone. The two build the same network when head_dim == width / heads, but grow differently, so
+    they are different architectures."""
 
     @property
     def attn_head_dim(self) -> int:

@@ -61,6 +61,17 @@ def batch_fingerprint(images: torch.Tensor, texts: torch.Tensor) -> str:
     return h.hexdigest()[:12]
 
 
+def check_kernel_head_dims(arch: Architecture) -> None:
+    """The Triton attention kernel takes head dims up to MAX_HEAD_DIM; say so before any work, naming the tower."""
+    from kernels.attention import MAX_HEAD_DIM
+    for name in ("vision", "text", "shared"):
+        t = getattr(arch, name)
+        if (name != "shared" or t.layers) and t.attn_head_dim > MAX_HEAD_DIM:
+            raise ConfigError(f"model {name}.head_dim is {t.attn_head_dim} (width {t.width}, heads {t.heads}, "
+                              f"head_dim {t.head_dim}); the Triton attention kernel takes at most {MAX_HEAD_DIM}: "
+                              f"add heads, or set train.kernels=torch")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, ds_config: dict, resume: str | None = None):
         self.cfg = cfg
@@ -95,6 +106,8 @@ class Trainer:
                        else torch.device("cpu"))
         self.use_triton = cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and self.device.type == "cuda")
         set_backend("triton" if self.use_triton else "torch")
+        if self.use_triton:
+            check_kernel_head_dims(self.arch)
 
         torch.manual_seed(cfg.train.seed)  # identical full initial weights on every rank, then each takes its shard
         model = apply_tensor_parallel(CLIP(self.arch), self.layout.tp)
@@ -253,8 +266,8 @@ class Trainer:
         if self.engine.zero_optimization_stage() >= 3:
             return None
         held = dict(self.engine.module.named_parameters()).get("logit_scale")
-        value = (logit_scale_value(held.detach()).reshape(1) if held is not None
-                 else torch.zeros(1, device=self.device))
+        value = (logit_scale_value(held.detach()).float().reshape(1) if held is not None  # bf16 engine weights
+                 else torch.zeros(1, dtype=torch.float32, device=self.device))
         if self.layout.pp > 1:
             dist.all_reduce(value, group=self.pp_group)
         return value.item()

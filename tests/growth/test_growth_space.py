@@ -37,6 +37,8 @@ def test_width_move_keeps_an_explicit_head_dim_and_widens_a_tied_one():
     assert (tied.text.head_dim, tied.text.attn_head_dim, tied.text.attn_width) == (None, 32, 64)
     explicit = Moves.parse("text.heads*=2,text.width*=4").apply(src)
     assert (explicit.text.head_dim, explicit.text.attn_width, explicit.text.width) == (16, 64, 128)
+    stepwise = Moves.parse("text.heads*=2,text.width*=2,text.width*=2").apply(src)  # 64 = 4 x 16 on the way
+    assert stepwise == explicit
 
 
 def test_head_dim_move_and_round_trip_through_a_target_architecture():
@@ -45,6 +47,9 @@ def test_head_dim_move_and_round_trip_through_a_target_architecture():
     assert (dst.vision.head_dim, dst.vision.attn_width, dst.vision.width) == (32, 64, 32)
     arch, text = target_architecture(src, dst)
     assert text == "vision.head_dim=32" and Moves.parse(text).apply(src) == dst
+    dst = src.replace(text=dataclasses.replace(src.text, width=99, heads=3, head_dim=33))
+    arch, text = target_architecture(src, dst)
+    assert text == "text.heads=3,text.head_dim=33,text.width=99" and Moves.parse(text).apply(src) == dst
 
 
 def test_target_from_architecture_records_assignments():

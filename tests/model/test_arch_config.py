@@ -7,6 +7,7 @@ import torch
 from pretrain.arch import Architecture, ArchitectureError, SharedEncoder
 from pretrain.config import ConfigError, load_run_config
 from pretrain.model import CLIP
+from pretrain.trainer import check_kernel_head_dims
 
 TINY = "configs/models/tiny.yaml"
 
@@ -52,10 +53,10 @@ def test_shared_encoder_with_adapters_shapes():
 
 
 def test_head_dim_decouples_the_attention_inner_dim():
-    """heads·head_dim need not equal the width (Megatron's kv_channels); width / heads is stored as None."""
+    """heads·head_dim need not equal the width (Megatron's kv_channels); unset, it is width / heads."""
     arch = Architecture.from_dict({"vision": {"width": 100, "heads": 3, "head_dim": 32}})
     assert (arch.vision.attn_width, arch.vision.attn_head_dim) == (96, 32)
-    assert Architecture.from_dict({"text": {"width": 512, "heads": 8, "head_dim": 64}}).text.head_dim is None
+    assert Architecture.from_dict({"text": {"width": 512, "heads": 8}}).text.attn_head_dim == 64
     tiny = Architecture.load(TINY)
     wide = tiny.replace(text=dataclasses.replace(tiny.text, heads=tiny.text.heads * 2,
                                                  head_dim=tiny.text.width // tiny.text.heads))
@@ -68,6 +69,15 @@ def test_head_dim_decouples_the_attention_inner_dim():
     assert wide.flops_per_sample() - tiny.flops_per_sample() == pytest.approx(t.layers * grown_attention)
     text = torch.randint(1, 100, (2, t.context))
     assert CLIP(wide).encode_text(text).shape == (2, wide.embed_dim)
+
+
+def test_triton_kernel_head_dim_limit_names_the_tower():
+    arch = Architecture.load(TINY)
+    check_kernel_head_dims(arch)
+    wide = arch.replace(vision=dataclasses.replace(arch.vision, head_dim=256))
+    with pytest.raises(ConfigError, match=r"model vision\.head_dim is 256 .* at most 128: add heads, or set "
+                                          r"train\.kernels=torch"):
+        check_kernel_head_dims(wide)
 
 
 def test_text_is_causal_and_image_is_not():
