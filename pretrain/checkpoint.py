@@ -26,11 +26,11 @@ class CheckpointError(RuntimeError):
 
 
 def universal_checkpoint_info(names: list[str], vocab: int, tp: int) -> dict:
-    """DeepSpeed's reshaping patterns, derived from the one table of TP cuts (pretrain/parallel/tensor.py):
+    """DeepSpeed's reshaping patterns, derived from the one table of TP cuts (pretrain/parallel/cuts.py):
     replicated, row-parallel (cat dim 1), column-parallel (the default, cat dim 0), the fused QKV as three
     sub-parameters, and the vocab-parallel embedding with its padding."""
+    from .parallel.cuts import split_of
     from .parallel.layout import padded_vocab
-    from .parallel.tensor import split_of
 
     def exact(cut):
         return ["^" + re.escape(n) + "$" for n in names if split_of(n) == cut]

@@ -28,11 +28,12 @@ from .loss import contrastive_loss
 from .model import CLIP, set_backend
 from .model.clip import logit_scale_value
 from .optim import cosine_with_warmup, param_groups
+from .parallel.cuts import shard, split_of
 from .parallel.groups import init_distributed, init_groups
 from .parallel.layout import Layout
 from .parallel.pipeline import CLIPPipeline, PipelineLoss, merge_stages
 from .parallel.pipeline_plan import describe
-from .parallel.tensor import apply_tensor_parallel, gather_full, shard, split_of
+from .parallel.tensor import apply_tensor_parallel, gather_full
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for the MFU estimate
 
