@@ -86,7 +86,8 @@ def test_deepspeed_loads_the_grown_state_exactly(grown, tmp_path):
 def test_training_resumes_from_the_grown_checkpoint(source_run, grown, tiny_data, tmp_path, tp, pp, dp):
     """Trained at (1,1,2), grown (vision depth +2, text width x2) onto (tp, pp, dp): the first loss is the grown
     model's single-process loss on the same batch; at dp=2 the saved data position is restored, at dp=1 the data
-    restarts (the trainer's rule). On two ranks training goes on and the loss goes down."""
+    restarts (the trainer's rule). On two ranks training goes on, and the loss on those first batches goes down
+    (a fixed batch: the per-step losses of six different batches are too noisy to show it)."""
     if (tp, pp) != (1, 1):  # grown for that layout: the target is checked against it, and it is recorded
         grown = tmp_path / "grown"
         assert grow_main(["--from", str(source_run), "--move", MOVE, "--tp", str(tp), "--pp", str(pp),
@@ -106,9 +107,11 @@ def test_training_resumes_from_the_grown_checkpoint(source_run, grown, tiny_data
     readers = [b for b in first["batches"] if b]  # every rank of the first pipeline stage, TP ranks included
     assert readers == [[batch_fingerprint(*b)] for b in batches for _ in range(tp)], "not the batch the run took"
     assert abs(first["loss"] - single_process_loss(grown_model(tag_dir), batches)) <= TOL
-    if nproc == 2:
-        losses = [m[s]["loss"] for s in range(SOURCE_STEPS + 1, SOURCE_STEPS + steps + 1)]
-        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.05, losses
+    if nproc == 2:  # it learns: after 6 steps the first batches' loss is clearly lower (measured: 2.90 -> 2.72)
+        final = run / "checkpoints" / f"step{SOURCE_STEPS + steps:08d}"
+        trained = CLIP(Architecture.from_dict(ckpt.read_client_state(final)["architecture"]))
+        trained.load_state_dict(ckpt.full_state_dict(final))
+        assert single_process_loss(trained.eval(), batches) < first["loss"] - 0.05, [m[s]["loss"] for s in m]
 
 
 def test_grow_the_grown_checkpoint_again(grown, tmp_path):
