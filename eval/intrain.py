@@ -34,19 +34,11 @@ def single_device_model(engine, tp_group=None, pp_group=None):
 
         with deepspeed.zero.GatheredParameters([p for _, p in named]):
             named = [(name, p.detach().clone()) for name, p in named]
+    from pretrain.parallel.pipeline import full_state
+
     device = named[0][1].device
-    if tp > 1:
-        from pretrain.parallel.tensor import gather_full
-
-        state = gather_full(named, module.arch.text.vocab, tp_group)
-    else:
-        state = dict(named)
-    if pp > 1:
-        from pretrain.parallel.pipeline import merge_stages
-
-        state = merge_stages(state, pp_group)
     copy = CLIP(module.arch)
-    copy.load_state_dict(state)
+    copy.load_state_dict(full_state(named, module.arch.text.vocab, tp_group, pp_group))
     return copy.to(device)
 
 

@@ -31,9 +31,9 @@ from .optim import cosine_with_warmup, param_groups
 from .parallel.cuts import shard, split_of
 from .parallel.groups import init_distributed, init_groups
 from .parallel.layout import Layout
-from .parallel.pipeline import CLIPPipeline, PipelineLoss, merge_stages
+from .parallel.pipeline import CLIPPipeline, PipelineLoss, full_state
 from .parallel.pipeline_plan import describe
-from .parallel.tensor import apply_tensor_parallel, gather_full
+from .parallel.tensor import apply_tensor_parallel
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for the MFU estimate
 
@@ -313,8 +313,8 @@ class Trainer:
         dist.all_gather_object(states, (self.reads_data, self.dp_rank, self.loader.state_dict()))
         # one position per data-parallel rank, from the ranks that read data
         data = [s for _, s in sorted({dp: s for reads, dp, s in states if reads}.items())]
-        shadow = merge_stages(gather_full(self.ema.shadow.items(), self.arch.text.vocab, self.tp_group), self.pp_group)
-        ema = {"decay": self.ema.decay, "shadow": shadow}
+        ema = {"decay": self.ema.decay,
+               "shadow": full_state(self.ema.shadow.items(), self.arch.text.vocab, self.tp_group, self.pp_group)}
         client = {"architecture": self.arch.to_dict(), "step": self.step, "data": data,
                   "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
                   "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.layout.dp},

@@ -157,3 +157,14 @@ def merge_stages(state: dict[str, torch.Tensor], pp_group) -> dict[str, torch.Te
     parts = [None] * dist.get_world_size(pp_group)
     dist.all_gather_object(parts, {k: v.cpu() for k, v in state.items()}, group=pp_group)
     return {k: v for part in parts for k, v in part.items()}
+
+
+def full_state(named, vocab: int, tp_group, pp_group) -> dict[str, torch.Tensor]:
+    """Full canonical tensors of the whole model from this rank's TP shards of its pipeline stage: gathered over
+    TP, then merged over PP (collective over both groups; a group of None or of size 1 is skipped)."""
+    from .tensor import gather_full
+    if tp_group is not None and dist.get_world_size(tp_group) > 1:
+        state = gather_full(named, vocab, tp_group)
+    else:
+        state = {n: t.detach() for n, t in named}
+    return merge_stages(state, pp_group)
