@@ -31,7 +31,7 @@ from . import checkpoint as ckpt
 from .arch import Architecture
 from .config import ConfigError, RunConfig
 from .parallel.layout import Layout, LayoutError
-from .trainer import Trainer
+from .trainer import Trainer, check_kernel_head_dims, uses_triton
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,9 @@ class GrowingRun:
                 grown, _ = target_architecture(arch, g.moves)
                 check_growth(arch, grown)
                 validate_layout(grown, layout, zero_stage)
-            except GrowthError as e:
+                if uses_triton(self.cfg):
+                    check_kernel_head_dims(grown)
+            except (GrowthError, ConfigError) as e:
                 raise ConfigError(f"growth.moves[{g.index}] ({g.moves!r} at step {g.step}, tp={g.tp}, "
                                   f"pp={g.pp}): {e}") from e
             arch = grown

@@ -62,6 +62,11 @@ def batch_fingerprint(images: torch.Tensor, texts: torch.Tensor) -> str:
     return h.hexdigest()[:12]
 
 
+def uses_triton(cfg: RunConfig) -> bool:
+    """train.kernels: "triton", or "auto" on a GPU."""
+    return cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and torch.cuda.is_available())
+
+
 def check_kernel_head_dims(arch: Architecture) -> None:
     """The Triton attention kernel takes head dims up to MAX_HEAD_DIM; say so before any work, naming the tower."""
     from kernels.attention import MAX_HEAD_DIM
@@ -105,7 +110,7 @@ class Trainer:
         self.reads_data = self.pp_rank == 0  # only the first stage feeds the pipeline
         self.device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
                        else torch.device("cpu"))
-        self.use_triton = cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and self.device.type == "cuda")
+        self.use_triton = uses_triton(cfg)
         set_backend("triton" if self.use_triton else "torch")
         if self.use_triton:
             check_kernel_head_dims(self.arch)

@@ -112,15 +112,18 @@ BAD = [  # overrides -> what the one error line names
     (["growth.at_steps=[2]", "growth.moves=[vision.layers+=1]", "growth.tp=[3]"], "growth.tp/growth.pp[0]"),
     (["growth.at_steps=[2]", "growth.moves=[vision.layers+=1]", "ds.zero_optimization.stage=3"],
      "growth.at_steps: growth reads the model-states file of a ZeRO 0-2 save"),
+    (["growth.at_steps=[2]", "growth.moves=[vision.head_dim*=8]", "train.kernels=triton"],
+     "growth.moves[0] ('vision.head_dim*=8' at step 2, tp=1, pp=1): model vision.head_dim is 256"),
 ]
 BAD_IDS = ["unsorted_steps", "moves_count", "step_past_end", "bad_move", "tp_count", "pim_m", "shrinking_move",
-           "tp_vs_world", "zero3"]
+           "tp_vs_world", "zero3", "kernel_head_dim"]
 
 
 @pytest.mark.parametrize("overrides, named", BAD, ids=BAD_IDS)
 def test_bad_growth_config_stops_before_training(overrides, named, tmp_path, capsys, monkeypatch):
-    """main exits with status 2 and one line naming the key. The last three need the starting architecture, the
-    world size (2 here) or the DeepSpeed config: a shrinking move, a tp that does not divide the world, ZeRO-3."""
+    """main exits with status 2 and one line naming the key. The last four need the starting architecture, the
+    world size (2 here), the DeepSpeed config or the kernels: a shrinking move, a tp that does not divide the
+    world, ZeRO-3, a head_dim past the Triton kernel's 128."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     tokenizer = tmp_path / "tokenizer.model"
     tokenizer.write_bytes(b"only checked to exist")
