@@ -52,3 +52,17 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
         from kernels import contrastive_loss as fused
         return fused(image, text, image_all, text_all, scale, offset=offset)
     return clip_loss_torch(image, text, image_all, text_all, scale, offset)
+
+
+class ContrastiveLoss:
+    """`contrastive_loss` in fp32 over a data-parallel group, as a callable on the model's output
+    (image features, text features, scale). The trainer calls it at pp = 1; at pp > 1 it is the pipeline's
+    loss_fn on the last stage (DeepSpeed passes labels, which it ignores)."""
+
+    def __init__(self, group, use_triton: bool):
+        self.group, self.use_triton = group, use_triton
+
+    def __call__(self, outputs, _labels=None) -> torch.Tensor:
+        image, text, scale = outputs
+        return contrastive_loss(image.float(), text.float(), scale.float(), group=self.group,
+                                use_triton=self.use_triton)

@@ -24,14 +24,14 @@ from .data.manifest import load_shards
 from .data.pipeline import TrainLoader
 from .data.tokenizer import Tokenizer
 from .ema import EMA
-from .loss import contrastive_loss
+from .loss import ContrastiveLoss
 from .model import CLIP, set_backend
 from .model.clip import logit_scale_value
 from .optim import cosine_with_warmup, param_groups
 from .parallel.cuts import shard, split_of
 from .parallel.groups import init_distributed, init_groups
 from .parallel.layout import Layout
-from .parallel.pipeline import CLIPPipeline, PipelineLoss, full_state
+from .parallel.pipeline import CLIPPipeline, full_state
 from .parallel.pipeline_plan import describe
 from .parallel.tensor import apply_tensor_parallel
 
@@ -111,6 +111,7 @@ class Trainer:
         self.device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
                        else torch.device("cpu"))
         self.use_triton = uses_triton(cfg)
+        self.loss_fn = ContrastiveLoss(self.dp_group, self.use_triton)  # fp32, gathered over data parallelism
         set_backend("triton" if self.use_triton else "torch")
         if self.use_triton:
             check_kernel_head_dims(self.arch)
@@ -122,7 +123,7 @@ class Trainer:
         if self.layout.pp > 1:
             if self.rank == 0:
                 print(describe(self.arch, self.layout.pp), flush=True)
-            model = CLIPPipeline(model, topology, PipelineLoss(self.dp_group, self.use_triton))
+            model = CLIPPipeline(model, topology, self.loss_fn)
             mpu = None  # the pipeline engine takes its groups from the module's topology (same ranks)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
                                       betas=cfg.train.betas, eps=cfg.train.eps)
@@ -192,9 +193,7 @@ class Trainer:
             return self.engine.train_batch(data_iter=it).item()
         losses = []
         for _ in range(self.cfg.train.grad_accum):
-            image_f, text_f, scale = self.engine(*self._next_batch(it))
-            loss = contrastive_loss(image_f.float(), text_f.float(), scale.float(), group=self.dp_group,
-                                    use_triton=self.use_triton)
+            loss = self.loss_fn(self.engine(*self._next_batch(it)))
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach())

@@ -137,19 +137,6 @@ class CLIPPipeline(PipelineModule):
             yield name.split(".", 1)[1], p  # "<layer index>.<canonical name>" -> "<canonical name>"
 
 
-class PipelineLoss:
-    """The last stage's loss_fn: the contrastive loss of (image, text, scale) over the data-parallel group."""
-
-    def __init__(self, group, use_triton: bool):
-        self.group, self.use_triton = group, use_triton
-
-    def __call__(self, outputs, _labels):
-        from ..loss import contrastive_loss
-        image, text, scale = outputs
-        return contrastive_loss(image.float(), text.float(), scale.float(), group=self.group,
-                                use_triton=self.use_triton)
-
-
 def merge_stages(state: dict[str, torch.Tensor], pp_group) -> dict[str, torch.Tensor]:
     """Every stage's tensors, on every rank (collective over the pipeline group)."""
     if pp_group is None or dist.get_world_size(pp_group) == 1:
