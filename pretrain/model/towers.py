@@ -46,7 +46,9 @@ class SharedEncoder(nn.Module):
         self.adapter_text = nn.Linear(arch.text.width, s.width) if arch.text.width != s.width else None
 
     def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        adapter = self.adapter_visual if modality == "image" else self.adapter_text
-        if adapter is not None:
-            x = adapter(x)
-        return self.transformer(x, causal=(modality == "text"))
+        return self.transformer(self.adapt(x, modality), causal=(modality == "text"))
+
+    def adapt(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        """A tower's tokens into the shared width: its adapter, or the identity where it has none."""
+        adapter = getattr(self, "adapter_visual" if modality == "image" else "adapter_text", None)
+        return x if adapter is None else adapter(x)

@@ -21,7 +21,7 @@ from deepspeed.pipe import PipelineModule
 from torch import nn
 
 from ..model import CLIP
-from ..model.towers import VisionTower
+from ..model.towers import SharedEncoder, VisionTower
 from .pipeline_plan import layer_order, partition
 
 
@@ -80,10 +80,7 @@ class SharedAdapters(MountedLayer):
 
     def forward(self, inputs):
         image, text, eot = inputs
-        shared = self.shared
-        image = shared.adapter_visual(image) if "adapter_visual" in shared._modules else image
-        text = shared.adapter_text(text) if "adapter_text" in shared._modules else text
-        return image, text, eot
+        return SharedEncoder.adapt(self.shared, image, "image"), SharedEncoder.adapt(self.shared, text, "text"), eot
 
 
 class SharedBlock(MountedLayer):
@@ -112,7 +109,7 @@ class Head(MountedLayer):
 
 
 def build_layers(clip: CLIP) -> list[nn.Module]:
-    # the shared layers restate SharedEncoder.forward's order: adapters, then the blocks
+    # the shared layers follow SharedEncoder.forward: adapters, then the blocks
     make = {"embed": lambda i: Embed(clip), "vision": lambda i: TowerBlock(clip, "vision", i),
             "text": lambda i: TowerBlock(clip, "text", i), "shared_in": lambda i: SharedAdapters(clip),
             "shared": lambda i: SharedBlock(clip, i), "head": lambda i: Head(clip)}
