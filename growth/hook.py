@@ -32,9 +32,11 @@ from .writer import write_grown
 
 def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out: str | Path,
                     layout: Layout = Layout(), pim: PIM = PIM(), reset_moments: bool = False,
-                    tokenizer: str | Path | None = None, progress: bool = False, echo=print) -> Path:
+                    tokenizer: str | Path | None = None, progress: bool = False, echo=print,
+                    extra: dict | None = None) -> Path:
     """Grow the checkpoint at `source` into `target` (moves, their text, or an architecture) and write a
-    universal checkpoint to the new folder `out`. Returns the grown tag folder."""
+    universal checkpoint to the new folder `out`. Returns the grown tag folder. `extra` joins the growth
+    history entry (the search's record, the data size)."""
     out = Path(out)
     if out.exists():
         raise GrowthError(f"{out} already exists; growth never writes over a folder, choose a new --out")
@@ -61,7 +63,7 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
         new_tag.mkdir(parents=True)
         entry = {"move": move, "from": src_arch.to_dict(), "to": dst_arch.to_dict(), "pim": pim.to_dict(),
                  "reset_moments": reset_moments, "source_step": client["step"], "source": str(src_tag.resolve()),
-                 "layout": {"tp": layout.tp, "pp": layout.pp}, "approximate": notes}
+                 "layout": {"tp": layout.tp, "pp": layout.pp}, "approximate": notes, **(extra or {})}
         write_grown(uni, new_tag, dst_arch, plan, states, _grown_client(client, dst_arch, layout, entry), pim,
                     reset_moments, progress)
         shutil.copyfile(tok, new_tag / "tokenizer.model")

@@ -28,6 +28,9 @@ class DataConfig:
     crop_scale_min: float = 0.9      # RandomResizedCrop scale=(crop_scale_min, 1.0)
     order: str = "sharded"           # sharded: ranks read disjoint shards; global: the same global batches at
                                      # every layout (exact across dp changes; costs dp x reading/decoding)
+    stages: list = field(default_factory=list)       # data arriving in stages D1 ⊆ D2 ⊆ ...: one shard spec each
+    stage_steps: list = field(default_factory=list)  # the step at which each stage after the first arrives
+    refresh_every: int = 0           # re-read data.shards (a growing manifest) every N steps; 0: only at start
 
 
 @dataclass
@@ -70,6 +73,19 @@ class GrowthConfig:
     pim_m: float | None = None                    # PIM momentum in (0, 1]; None: growth/pim.py's default
     pim_source: str | None = None                 # ema | last; None: growth/pim.py's default
     pim_seed: int | None = None                   # seed of the fresh initialisation; None: growth/pim.py's
+    # mode auto: no moves are written; when the data grows (a new data.stages entry, or a refreshed manifest)
+    # by data_ratio or more, a search over the growth space picks the move (growth/search.py, candidates.py)
+    mode: str = "steps"                           # steps (at_steps + moves) | auto (data-aware search)
+    data_ratio: float = 1.0                       # auto: grow when |D_t| / |D at the last growth| >= this
+    candidates: int | None = None                 # search settings; None: growth/search.py's SearchConfig
+    proxy_steps: int | None = None
+    proxy_batch: int | None = None
+    heldout_batches: int | None = None
+    penalty: float | None = None
+    eval_task: str | None = None
+    max_gflops: float | None = None               # budget (growth/candidates.py: Budget); None: no limit
+    max_params: int | None = None
+    max_mem_gb: float | None = None
 
 
 @dataclass
@@ -172,13 +188,48 @@ def validate(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: train.kernels must be auto, torch or triton, got {t.kernels!r}")
     if cfg.data.order not in ("sharded", "global"):
         raise ConfigError(f"{source}: data.order must be sharded or global, got {cfg.data.order!r}")
-    if not cfg.data.shards:
-        raise ConfigError(f"{source}: data.shards is empty; point it at a manifest.json or shard pattern")
+    validate_stages(cfg, source)
     if not cfg.data.tokenizer:
         raise ConfigError(f"{source}: data.tokenizer is empty; train one with `python -m pretrain.data.tokenizer`")
     if not Path(cfg.data.tokenizer).is_file():
         raise ConfigError(f"{source}: data.tokenizer={cfg.data.tokenizer!r} does not exist")
     validate_growth(cfg.growth, cfg.train.steps, source)
+
+
+def validate_stages(cfg: RunConfig, source: str) -> None:
+    """Shapes only; that each stage holds the one before is checked when the stages are resolved."""
+    d, g = cfg.data, cfg.growth
+    if not d.shards and not d.stages:
+        raise ConfigError(f"{source}: data.shards is empty; point it at a manifest.json or shard pattern")
+    if d.shards and d.stages:
+        raise ConfigError(f"{source}: set data.shards or data.stages, not both")
+    if d.stages and len(d.stage_steps) != len(d.stages) - 1:
+        raise ConfigError(f"{source}: data.stage_steps has {len(d.stage_steps)} entries for {len(d.stages)} "
+                          f"data.stages; give the step at which each stage after the first arrives")
+    if not all(_is_int(s) and 0 < s < cfg.train.steps for s in d.stage_steps) or d.stage_steps != sorted(
+            set(d.stage_steps)):
+        raise ConfigError(f"{source}: data.stage_steps {d.stage_steps} must be strictly ascending integers in "
+                          f"1..train.steps-1 ({cfg.train.steps - 1})")
+    if not all(isinstance(s, str) and s.strip() for s in d.stages):
+        raise ConfigError(f"{source}: data.stages must be shard specs (strings), got {d.stages!r}")
+    if d.refresh_every < 0:
+        raise ConfigError(f"{source}: data.refresh_every must be >= 0, got {d.refresh_every}")
+    if g.mode not in ("steps", "auto"):
+        raise ConfigError(f"{source}: growth.mode must be steps or auto, got {g.mode!r}")
+    if g.mode == "auto" and (g.at_steps or g.moves):
+        raise ConfigError(f"{source}: growth.mode=auto picks the moves itself; remove growth.at_steps/moves")
+    if g.mode == "auto" and (g.tp or g.pp):
+        raise ConfigError(f"{source}: growth.mode=auto picks the layout itself; remove growth.tp/pp")
+    if g.data_ratio < 1.0:
+        raise ConfigError(f"{source}: growth.data_ratio must be >= 1, got {g.data_ratio}")
+    for key in ("candidates", "proxy_steps", "proxy_batch", "heldout_batches", "max_params"):
+        v = getattr(g, key)
+        if v is not None and (not _is_int(v) or v < 1):
+            raise ConfigError(f"{source}: growth.{key} must be a positive integer, got {v!r}")
+    for key in ("penalty", "max_gflops", "max_mem_gb"):
+        v = getattr(g, key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            raise ConfigError(f"{source}: growth.{key} must be a number >= 0, got {v!r}")
 
 
 def _is_int(v) -> bool:

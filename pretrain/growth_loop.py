@@ -1,13 +1,23 @@
-"""In-process growth: train to each `growth.at_steps` step, save, grow that checkpoint (rank 0, with
-`growth.grow_checkpoint`), tear the engine and process groups down, and go on from the grown checkpoint at the
-step's (tp, pp) on the same ranks (dp = world / (tp * pp)), until train.steps.
+"""The run driver: train, and at each event step grow the model and/or let more data in, then go on.
 
-Each segment is an ordinary Trainer run with `train.stop_after` at the next growth step (the lr schedule stays
-that of train.steps), and each restart an ordinary resume: the step counter, data position, lr schedule and EMA
-travel in the checkpoint, so metrics.jsonl stays one record. A growth step counts as taken when the checkpoint's
-growth_history holds an entry from that source step, so `--resume` skips the growths already taken, and the
-layout of a step is parallel.* before the first growth and growth.tp/pp[i] after step at_steps[i]. Every move is
-checked against the architecture and layout it will meet before the first step.
+Events, all at step boundaries, each after a save:
+- a written growth (`growth.mode: steps`): after step `growth.at_steps[i]`, grow by `growth.moves[i]` onto
+  `growth.tp/pp[i]` (rank 0, `growth.grow_checkpoint`);
+- a data stage (`data.stages`, `data.stage_steps`): after step `stage_steps[i]` the run reads stage i+1;
+- the data grew (`data.refresh_every` re-reads a growing manifest in the trainer, which stops once
+  |D| >= growth.data_ratio x the size at the last growth).
+With `growth.mode: auto`, a stage arrival or a data growth whose ratio g = |D_t| / |D at the last growth| is at
+least `growth.data_ratio` runs the search (growth/auto.py, on every rank): the winner is grown onto the
+layout it needs, or the growth is skipped with the reason when the budget admits no candidate.
+
+Each segment is an ordinary Trainer run with `train.stop_after` at the next event step (the lr schedule stays
+that of train.steps), and each restart an ordinary resume on the same ranks: the step counter, data position,
+lr schedule and EMA travel in the checkpoint, so metrics.jsonl stays one record. A growth counts as taken when
+the checkpoint's growth_history holds an entry from that source step; `--resume` skips those, starts at the
+checkpoint's layout, and reads the stage of its step. A run resumed from the pre-growth save of a step whose
+grown checkpoint `OUT/grown/step<N>` was written (a stop between the growth and the next save) resumes from
+that grown checkpoint by itself. Written moves are checked against the architecture and layout they will meet
+before the first step.
 
 This is the one module of pretrain/ that imports growth/ (besides config.py's check of the move syntax).
 """
@@ -15,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +33,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from growth.candidates import Budget
 from growth.errors import GrowthError
 from growth.hook import grow_checkpoint
 from growth.pim import PIM
+from growth.search import SearchConfig
 from growth.space import check_growth, target_architecture, validate_layout
 
 from . import checkpoint as ckpt
 from .arch import Architecture
 from .config import ConfigError, RunConfig
+from .data.manifest import StageError, count_samples, load_stages
 from .parallel.layout import Layout, LayoutError
 from .trainer import Trainer, check_kernel_head_dims, uses_triton
 
@@ -53,8 +67,8 @@ def growth_steps(cfg: RunConfig) -> list[GrowthStep]:
 
 
 def resume_plan(cfg: RunConfig, client: dict) -> tuple[list[GrowthStep], tuple[int, int]]:
-    """The growth steps still to take, and the (tp, pp) to start at: that of the last growth the checkpoint's
-    growth_history holds (one from the same source step), else parallel.*."""
+    """The written growth steps still to take, and the (tp, pp) to start at: that of the last growth the
+    checkpoint's growth_history holds (one from the same source step), else parallel.*."""
     taken = {h.get("source_step") for h in client.get("growth_history", [])}
     steps = growth_steps(cfg)
     done = [g for g in steps if g.step in taken]
@@ -66,6 +80,19 @@ def pim_of(cfg: RunConfig) -> PIM:
     """growth.pim_*; an unset one takes growth/pim.py's default, which lives only there."""
     g = cfg.growth
     return PIM(**{k: v for k, v in (("m", g.pim_m), ("source", g.pim_source), ("seed", g.pim_seed)) if v is not None})
+
+
+def search_of(cfg: RunConfig) -> SearchConfig:
+    """growth.* search settings; unset ones take growth/search.py's defaults."""
+    g = cfg.growth
+    keys = ("candidates", "proxy_steps", "proxy_batch", "heldout_batches", "penalty", "eval_task")
+    return SearchConfig(**{k: getattr(g, k) for k in keys if getattr(g, k) is not None}, seed=cfg.train.seed)
+
+
+def budget_of(cfg: RunConfig, zero_stage: int) -> Budget:
+    g = cfg.growth
+    return Budget(max_gflops=g.max_gflops, max_params=g.max_params, max_mem_gb=g.max_mem_gb,
+                  micro_batch=cfg.train.micro_batch, zero_stage=zero_stage)
 
 
 def close(trainer: Trainer) -> None:
@@ -82,36 +109,83 @@ def close(trainer: Trainer) -> None:
     parallel_state.destroy_model_parallel()
 
 
+def grown_after_crash(out: Path, client: dict) -> Path | None:
+    """OUT/grown/step<N> when a run resumes from the pre-growth save of step N (a stop between the growth and
+    the next save): the grown checkpoint is complete (it is written by rename), so the run goes on from it."""
+    if not client:
+        return None
+    step = client["step"]
+    folder = out / "grown" / f"step{step}"
+    taken = {h.get("source_step") for h in client.get("growth_history", [])}
+    if step in taken or not (folder / "latest").is_file():
+        return None
+    tag = ckpt.resume_dir(folder, str(folder))
+    history = ckpt.read_client_state(tag).get("growth_history", [])
+    if not history or history[-1].get("source_step") != step:
+        return None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"resuming from {tag}: the growth at step {step} was written before the run stopped", flush=True)
+    return tag
+
+
 class GrowingRun:
-    """A run that grows at growth.at_steps; without growth steps, exactly `Trainer(cfg, ...).train()`."""
+    """A run with growth steps and/or data stages; without either, exactly `Trainer(cfg, ...).train()`."""
 
     def __init__(self, cfg: RunConfig, ds_config: dict, resume: str | None = None):
         self.cfg, self.ds_config = cfg, ds_config
         self.out = Path(cfg.train.out_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        # the checkpoint to grow first, when the run resumes at a growth step not yet taken
-        self.source = ckpt.resume_dir(cfg.train.out_dir, resume) if cfg.growth.at_steps else None
+        self.zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+        try:
+            self.stages = load_stages(cfg.data.stages) if cfg.data.stages else []
+        except (StageError, FileNotFoundError) as e:
+            raise ConfigError(f"data.stages: {e}") from e
+        self.source = ckpt.resume_dir(cfg.train.out_dir, resume)
         client = ckpt.read_client_state(self.source) if self.source else {}
+        start = client.get("step", 0)
+        grown = grown_after_crash(self.out, client)
+        if grown:
+            self.source, resume = grown, str(grown)
+            client = ckpt.read_client_state(grown)
+        self.history = list(client.get("growth_history", []))
+        taken = {h.get("source_step") for h in self.history}
         self.pending, layout = resume_plan(cfg, client)
+        if client.get("layout"):
+            layout = (client["layout"]["tp"], client["layout"]["pp"])
+        # stage boundaries still to cross: a boundary at the resume step is crossed unless its growth was taken
+        self.boundaries = [(b, i + 1) for i, b in enumerate(cfg.data.stage_steps) if b > start or
+                           (b == start and b not in taken)]
+        self.stage = sum(1 for b in cfg.data.stage_steps if b < start or (b == start and b in taken))
         self.pim = pim_of(cfg)
+        self.reference = self._reference_samples(client)
         arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
-        self._check_plan(arch, client.get("step", 0))
-        self.trainer = Trainer(self._segment(*layout, self._next_stop()), ds_config, resume=resume)
+        self._check_plan(arch, start)
+        self.trainer = self._trainer(*layout, resume)
+
+    # ---- set-up -----------------------------------------------------------------------------------
+    def _reference_samples(self, client: dict) -> int:
+        """|D| at the last growth (the growth history), else at the start: what g is measured against."""
+        for h in reversed(self.history):
+            if h.get("data_samples"):
+                return int(h["data_samples"])
+        if self.stages:
+            return count_samples(self.stages[0])
+        return int(client.get("data_samples") or count_samples(self.cfg.data.shards))
 
     def _check_plan(self, arch: Architecture, start: int) -> None:
-        """Every pending move against the architecture and layout it will meet, before any training."""
-        zero_stage = self.ds_config.get("zero_optimization", {}).get("stage", 0)
-        if self.pending and zero_stage == 3:
-            raise ConfigError("growth.at_steps: growth reads the model-states file of a ZeRO 0-2 save, which ZeRO-3 "
+        """Every pending written move against the architecture and layout it will meet, before any training."""
+        if (self.pending or self.cfg.growth.mode == "auto") and self.zero_stage == 3:
+            key = "growth.at_steps" if self.pending else "growth.mode=auto"
+            raise ConfigError(f"{key}: growth reads the model-states file of a ZeRO 0-2 save, which ZeRO-3 "
                               "does not write (nor can a run resume from it); use ds_configs/zero1.json or zero2.json")
         for g in self.pending:
             key = f"growth.at_steps[{g.index}]={g.step}"
             if g.step < start:
                 raise ConfigError(f"{key}: the run resumes at step {start}, past this growth step, and its "
                                   f"checkpoint's growth_history has no growth from it")
-            if (self.out / "grown" / f"step{g.step}").exists():
-                raise ConfigError(f"{key}: {self.out / 'grown' / f'step{g.step}'} exists from an earlier attempt; "
-                                  f"resume from it (--resume {self.out / 'grown' / f'step{g.step}'}) or remove it")
+            if g.step > start and (self.out / "grown" / f"step{g.step}").exists():
+                raise ConfigError(f"{key}: {self.out / 'grown' / f'step{g.step}'} exists from an earlier attempt "
+                                  f"that went past step {start}; remove it, or resume that attempt")
             try:
                 layout = Layout.for_world(self.world, g.tp, g.pp)
             except LayoutError as e:
@@ -119,7 +193,7 @@ class GrowingRun:
             try:
                 grown, _ = target_architecture(arch, g.moves)
                 check_growth(arch, grown)
-                validate_layout(grown, layout, zero_stage)
+                validate_layout(grown, layout, self.zero_stage)
                 if uses_triton(self.cfg):
                     check_kernel_head_dims(grown)
             except (GrowthError, ConfigError) as e:
@@ -128,45 +202,94 @@ class GrowingRun:
             arch = grown
 
     def _next_stop(self) -> int:
-        """stop_after of the next segment: the next growth step, or the user's train.stop_after if sooner."""
-        ends = [s for s in (self.pending[0].step if self.pending else 0, self.cfg.train.stop_after) if s]
+        """stop_after of the next segment: the next event step, or the user's train.stop_after if sooner."""
+        events = [g.step for g in self.pending[:1]] + [b for b, _ in self.boundaries[:1]]
+        ends = [s for s in (min(events, default=0), self.cfg.train.stop_after) if s]
         return min(ends, default=0)
 
-    def _segment(self, tp: int, pp: int, stop_after: int) -> RunConfig:
-        return dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, stop_after=stop_after),
-                                   parallel=dataclasses.replace(self.cfg.parallel, tp=tp, pp=pp))
+    def _trainer(self, tp: int, pp: int, resume: str | None) -> Trainer:
+        cfg = self.cfg
+        data = cfg.data
+        if self.stages:
+            data = dataclasses.replace(data, shards=data.stages[self.stage], stages=[], stage_steps=[])
+        grow_at = None
+        if cfg.growth.mode == "auto" and data.refresh_every:
+            grow_at = math.ceil(self.reference * cfg.growth.data_ratio)
+        seg = dataclasses.replace(cfg, data=data,
+                                  train=dataclasses.replace(cfg.train, stop_after=self._next_stop()),
+                                  parallel=dataclasses.replace(cfg.parallel, tp=tp, pp=pp))
+        return Trainer(seg, self.ds_config, resume=resume, grow_at_samples=grow_at)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def _due(self) -> tuple[GrowthStep | None, int | None, bool]:
+        """(written growth, arriving stage, data grew) at the trainer's step."""
+        step = self.trainer.step
+        growth = self.pending[0] if self.pending and self.pending[0].step == step else None
+        stage = self.boundaries[0][1] if self.boundaries and self.boundaries[0][0] == step else None
+        return growth, stage, self.trainer.data_grew
 
     def train(self) -> None:
         stop_after = self.cfg.train.stop_after
-        while self.pending:
-            g = self.pending[0]
-            if self.trainer.step < g.step:  # else: resumed from the pre-growth save of this very step
+        while True:
+            if not any(self._due()):
                 self.trainer.train()
                 self.source = Path(*ckpt.resolve(self.out))
-            if self.trainer.step < g.step or (stop_after and self.trainer.step >= stop_after):
-                return  # stopped by train.stop_after; a later job resumes, and grows first if this step is due
-            grown = self._grow(g)
-            self.pending.pop(0)
-            trainer, self.trainer = self.trainer, None
-            close(trainer)
-            del trainer
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self.trainer = Trainer(self._segment(g.tp, g.pp, self._next_stop()), self.ds_config, resume=str(grown))
-        self.trainer.train()
+            step = self.trainer.step
+            if step >= self.cfg.train.steps or (stop_after and step >= stop_after) or not any(self._due()):
+                return  # done, or stopped by train.stop_after: a later job resumes, and grows first if due
+            self._cross(*self._due())
 
-    def _grow(self, g: GrowthStep) -> Path:
+    def _cross(self, growth: GrowthStep | None, stage: int | None, data_grew: bool) -> None:
+        """Grow and/or let the next stage in at this step, then restart the trainer on the same ranks."""
+        step = self.trainer.step
+        layout = (self.trainer.layout.tp, self.trainer.layout.pp)
+        shards = self.stages[stage] if stage is not None else self.trainer.shards
+        samples = count_samples(shards)
+        resume = self.source
+        if growth is not None:
+            resume = self._grow(growth, samples)
+            layout = (growth.tp, growth.pp)
+            self.pending.pop(0)
+        elif self.cfg.growth.mode == "auto" and (stage is not None or data_grew):
+            g = samples / max(self.reference, 1)
+            if g >= self.cfg.growth.data_ratio:
+                grown, result = self._search(step, shards, samples, g)
+                if grown is not None:
+                    resume, layout = grown, (result["winner"]["tp"], result["winner"]["pp"])
+            elif self.trainer.rank == 0:
+                print(f"step {step}: data {self.reference} -> {samples} samples (g = {g:.3f} < growth.data_ratio "
+                      f"{self.cfg.growth.data_ratio}): no growth", flush=True)
+        if resume != self.source:
+            self.reference = samples
+        if stage is not None:
+            self.stage = stage
+            self.boundaries.pop(0)
+        trainer, self.trainer = self.trainer, None
+        close(trainer)
+        del trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.trainer = self._trainer(*layout, str(resume))
+
+    def _grow(self, g: GrowthStep, samples: int) -> Path:
         """Rank 0 grows the saved checkpoint while the others wait; every rank gets the grown folder or the error."""
         out = self.out / "grown" / f"step{g.step}"
         answer: list = [None]
         if dist.get_rank() == 0:
             try:
                 grow_checkpoint(self.source, g.moves, out, layout=Layout.for_world(self.world, g.tp, g.pp),
-                                pim=self.pim)
+                                pim=self.pim, extra={"data_samples": samples})
             except (GrowthError, ckpt.CheckpointError) as e:
                 answer = [str(e)]
         dist.broadcast_object_list(answer, src=0)
         if answer[0] is not None:
             raise GrowthError(f"growth.moves[{g.index}] at step {g.step}: {answer[0]}")
-        return out
+        return ckpt.resume_dir(out, str(out))
+
+    def _search(self, step: int, shards: list[str], samples: int, g: float) -> tuple[Path | None, dict]:
+        from growth.auto import auto_grow
+        layout = Layout.for_world(self.world, self.trainer.layout.tp, self.trainer.layout.pp)
+        return auto_grow(self.source, self.out, step, shards, samples, g, layout,
+                         budget_of(self.cfg, self.zero_stage), self.pim, search_of(self.cfg),
+                         echo=lambda *a: print(*a, flush=True))

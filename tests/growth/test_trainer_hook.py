@@ -10,8 +10,9 @@ import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain.arch import Architecture
+from pretrain.checkpoint import read_client_state
 from pretrain.config import load_run_config
-from pretrain.growth_loop import resume_plan
+from pretrain.growth_loop import grown_after_crash, resume_plan
 from pretrain.main import main
 from pretrain.model import CLIP
 from pretrain.optim import cosine_with_warmup
@@ -134,13 +135,20 @@ def test_bad_growth_config_stops_before_training(overrides, named, tmp_path, cap
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+def test_a_stop_between_growth_and_save_resumes_from_the_grown_checkpoint(growing_run):
+    """The step-4 save is the pre-growth one; OUT/grown/step4 was written from it, so a run resumed there goes
+    on from the grown checkpoint by itself. Once the growth is in the history, nothing is redirected."""
+    client = read_client_state(growing_run / "checkpoints" / "step00000004")
+    assert grown_after_crash(growing_run, client) == grown_tag(growing_run, 4)
+    grown = read_client_state(grown_tag(growing_run, 4))
+    assert grown_after_crash(growing_run, grown) is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("growth, named", [
-    (["growth.at_steps=[2,4]", "growth.moves=[vision.layers+=2,text.layers+=1]", "growth.tp=[2,1]"],
-     "growth.at_steps[1]=4: {run}/grown/step4 exists from an earlier attempt; resume from it"),
     (["growth.at_steps=[3]", "growth.moves=[text.layers+=1]"],
      "growth.at_steps[0]=3: the run resumes at step 4, past this growth step"),
-], ids=["grown_folder_exists", "resumed_past_growth_step"])
+], ids=["resumed_past_growth_step"])
 def test_resume_checks_read_the_checkpoints_growth_history(growing_run, tiny_data, growth, named, capsys,
                                                            monkeypatch):
     """Resuming the growing run from its step-4 save (pre-growth; its history holds the step-2 growth)."""

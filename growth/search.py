@@ -1,0 +1,334 @@
+"""The growth search: grow every candidate from the current checkpoint with PIM, proxy-train it for K steps on
+the grown data D_t (carrying its optimizer state), score it on a held-out slice of D_t, and rank.
+
+- **Data.** One deterministic stream over D_t (seed `seed`, one reader, no workers): its first K batches
+  proxy-train every candidate, the next H batches are the held-out slice. They are disjoint as long as
+  (K + H)·batch <= |D_t| (the search refuses otherwise). Every candidate sees the same batches.
+- **Proxy training.** A single-device CLIP(target), weights and Adam moments grown from the source by the
+  growth operators and PIM (exactly what `grow_checkpoint` writes), torch AdamW with the run's betas, eps and
+  weight decay, at the run's learning rate at the growth step, held constant; the Adam step counter continues.
+- **Score** (lower is better): held-out contrastive loss + `penalty`·log2(FLOPs_candidate / FLOPs_source)
+  − `eval_weight`·(top-1 of `eval_task`, when one is named). The penalty is the price of compute: with 0.02 a
+  candidate costing twice the FLOPs per sample must lower the held-out loss by 0.02 more than one costing
+  nothing extra. The unchanged architecture is trained and scored too, as the reference row; it never wins.
+- **Parallel.** Candidate i runs on rank i mod world; the records are gathered on every rank. Each candidate
+  is computed the same way at any world size (same data, same seeds, one intra-op thread), so the ranking,
+  winner and scores do not depend on the number of ranks, while the wall time falls with it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pretrain import checkpoint as ckpt
+from pretrain.arch import Architecture
+from pretrain.data.pipeline import TrainLoader
+from pretrain.data.tokenizer import Tokenizer
+from pretrain.loss import clip_loss_torch
+from pretrain.model import CLIP
+from pretrain.optim import cosine_with_warmup, param_groups
+
+from . import universal
+from .candidates import Budget, Candidate, generate, select
+from .errors import GrowthError
+from .pim import PIM, fresh_init
+from .plan import plan_growth
+from .summary import parameter_counts
+from .transform import grow_parameter, source_of
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    candidates: int = 8          # at most this many are proxy-trained (growth/candidates.py: select)
+    proxy_steps: int = 10        # K
+    proxy_batch: int = 64
+    heldout_batches: int = 4     # H
+    penalty: float = 0.02        # score += penalty * log2(FLOPs ratio)
+    eval_task: str = ""          # e.g. fashion_mnist; "" = loss only
+    eval_weight: float = 1.0
+    eval_limit: int = 500
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The run's optimizer settings at the growth step."""
+    lr: float
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.2
+
+    @classmethod
+    def of_run(cls, train: dict, step: int) -> "Hyper":
+        """From a run config's train section (a dict, as checkpoints store it): the scheduled lr at `step`."""
+        lr = float(train.get("lr", 5e-4))
+        opt = torch.optim.SGD([torch.zeros(1)], lr=lr)
+        factor = cosine_with_warmup(opt, int(train.get("warmup", 0)), int(train.get("steps", 1)), lr,
+                                    float(train.get("min_lr", 0.0))).lr_lambdas[0](step)
+        return cls(lr * factor, tuple(train.get("betas", (0.9, 0.98))), float(train.get("eps", 1e-6)),
+                   float(train.get("weight_decay", 0.2)))
+
+
+@dataclass
+class Source:
+    """A universal checkpoint in memory: per parameter its fp32 weight and Adam moments, the step, the EMA."""
+    tag: Path
+    arch: Architecture
+    client: dict
+    tensors: dict
+    step: torch.Tensor | None
+
+    @classmethod
+    def read(cls, tag: Path) -> "Source":
+        states = universal.load(tag / ckpt.MODEL_STATES)
+        client = states.get(ckpt.CLIENT_KEY) if isinstance(states, dict) else None
+        if not isinstance(client, dict) or "architecture" not in client:
+            raise GrowthError(f"{tag / ckpt.MODEL_STATES}: no '{ckpt.CLIENT_KEY}' client state")
+        arch = Architecture.from_dict(client["architecture"], source=str(tag))
+        with torch.device("meta"):
+            names = [n for n, _ in CLIP(arch).named_parameters()]
+        return cls(tag, arch, client, {n: universal.load_parameter(tag, n) for n in names}, universal.read_step(tag))
+
+
+def proxy_data(shards: list[str], tokenizer: Tokenizer, image_size: int, cfg: SearchConfig, samples: int):
+    """(train batches, held-out batches): consecutive batches of one seeded stream over D_t."""
+    need = (cfg.proxy_steps + cfg.heldout_batches) * cfg.proxy_batch
+    if samples and need > samples:
+        raise GrowthError(f"the search needs {need} distinct samples ((proxy_steps {cfg.proxy_steps} + "
+                          f"heldout_batches {cfg.heldout_batches}) x proxy_batch {cfg.proxy_batch}) but the data "
+                          f"has {samples}")
+    loader = TrainLoader(shards, tokenizer, image_size, cfg.proxy_batch, dp_rank=0, dp_world=1, workers=0,
+                         seed=cfg.seed, shuffle_buffer=max(cfg.proxy_batch * 4, 256))
+    it = iter(loader)
+    batches = [next(it) for _ in range(cfg.proxy_steps + cfg.heldout_batches)]
+    return batches[:cfg.proxy_steps], batches[cfg.proxy_steps:]
+
+
+def grown_model(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, device) -> tuple[CLIP, torch.optim.AdamW]:
+    """CLIP(dst) and its AdamW, with weights and moments grown from `src` as grow_checkpoint grows them."""
+    plan = plan_growth(src.arch, dst)
+    init = fresh_init(dst, pim.seed)
+    ema = (src.client.get("ema") or {}).get("shadow") or {}
+    if pim.source == "ema" and not ema:
+        raise GrowthError(f"{src.tag}: PIM source 'ema' but the checkpoint holds no EMA weights; use 'last'")
+    grown = {}
+    for name, tmap in plan.items():
+        t = src.tensors[tmap.source] if isinstance(tmap.source, str) else {}
+        weight = source_of(tmap, ema) if pim.source == "ema" else t.get("fp32")
+        grown[name] = grow_parameter(tmap, weight, t.get("exp_avg"), t.get("exp_avg_sq"), init[name], pim)
+    model = CLIP(dst)
+    model.load_state_dict({n: g["fp32"] for n, g in grown.items()}, strict=False)
+    model.to(device)
+    opt = torch.optim.AdamW(param_groups(model, hyper.weight_decay), lr=hyper.lr, betas=hyper.betas, eps=hyper.eps)
+    step = float(src.step) if src.step is not None else 0.0
+    for name, p in model.named_parameters():
+        opt.state[p] = {"step": torch.tensor(step), "exp_avg": grown[name]["exp_avg"].to(device).clone(),
+                        "exp_avg_sq": grown[name]["exp_avg_sq"].to(device).clone()}
+    return model, opt
+
+
+def _loss(model: CLIP, batch, device) -> torch.Tensor:
+    image, text, scale = model(batch[0].to(device), batch[1].to(device))
+    return clip_loss_torch(image.float(), text.float(), image.float(), text.float(), scale.float())
+
+
+def evaluate_candidate(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, train, heldout, cfg: SearchConfig,
+                       tokenizer: Tokenizer, device) -> dict:
+    """Proxy-train one candidate and measure it: proxy and held-out loss, optional eval metric."""
+    model, opt = grown_model(src, dst, pim, hyper, device)
+    model.train()
+    losses = []
+    for batch in train:
+        loss = _loss(model, batch, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        held = sum(_loss(model, b, device).item() for b in heldout) / max(len(heldout), 1)
+    out = {"proxy_loss": losses[-1] if losses else None, "proxy_first": losses[0] if losses else None,
+           "heldout_loss": held}
+    if cfg.eval_task:
+        from eval import intrain
+        from pretrain.data.transforms import eval_transform
+        results = intrain.run(model, tokenizer, eval_transform(dst.vision.image_size), cfg.eval_task,
+                              cfg.eval_limit, rank=0, world=1)
+        top1 = [v for k, v in results.items() if k.endswith("/acc1")]
+        out["eval"] = results
+        out["eval_top1"] = sum(top1) / len(top1) if top1 else None
+    return out
+
+
+def score(result: dict, gflops: float, base_gflops: float, cfg: SearchConfig) -> float:
+    s = result["heldout_loss"] + cfg.penalty * math.log2(gflops / base_gflops)
+    if cfg.eval_task and result.get("eval_top1") is not None:
+        s -= cfg.eval_weight * result["eval_top1"]
+    return s
+
+
+def search(src: Source, shards: list[str], samples: int, g: float, budget: Budget, layout, pim: PIM, hyper: Hyper,
+           cfg: SearchConfig, tokenizer: Tokenizer, echo=print) -> dict:
+    """Collective when torch.distributed is initialised (every rank calls it with the same arguments).
+    Returns {"records": ranked candidate records (reference row included), "rejected": [...], "winner": record
+    or None}."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    kept, rejected = generate(src.arch, g, budget, layout)
+    chosen = select(kept, cfg.candidates, g, src.arch)
+    rejected = rejected + [{"move": c.moves, "reason": f"not selected (at most {cfg.candidates} candidates)"}
+                           for c in kept if c not in chosen]
+    base = src.arch.flops_per_sample() / 1e9
+    jobs = [Candidate("", "reference", src.arch, base, parameter_counts(src.arch)["total"], 0.0, layout.tp,
+                      layout.pp)] + chosen
+    echo(f"[search] g={g:.3f}: {len(kept)} candidates within the budget, {len(rejected) - len(kept) + len(chosen)} "
+         f"rejected; proxy-training "
+         f"{len(chosen)} + the reference on {world} rank(s), {cfg.proxy_steps} steps each")
+    train, heldout = proxy_data(shards, tokenizer, src.arch.vision.image_size, cfg, samples)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic at every world size
+    mine = []
+    try:
+        for index, cand in enumerate(jobs):
+            if index % world != rank:
+                continue
+            t0 = time.time()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                result = evaluate_candidate(src, cand.arch, pim, hyper, train, heldout, cfg, tokenizer, device)
+            mine.append({"index": index, **cand.record(), **result,
+                         "score": score(result, cand.gflops, base, cfg), "reference": index == 0,
+                         "search_rank": rank, "seconds": round(time.time() - t0, 3)})
+    finally:
+        torch.set_num_threads(threads)
+    gathered = [mine]
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, mine)
+    records = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
+    ranked = sorted((r for r in records if not r["reference"]), key=lambda r: (r["score"], r["index"]))
+    for place, r in enumerate(ranked, 1):
+        r["place"], r["winner"] = place, place == 1
+    reference = [r for r in records if r["reference"]]
+    for r in reference:
+        r["place"], r["winner"] = None, False
+    return {"records": ranked + reference, "rejected": rejected, "winner": ranked[0] if ranked else None,
+            "g": g, "data_samples": samples, "config": cfg.to_dict(), "budget": budget.to_dict()}
+
+
+def table(result: dict) -> str:
+    """The ranked candidates as a Markdown table."""
+    lines = ["| # | move | GFLOPs | params | (tp,pp) | proxy loss | held-out loss | score | s |",
+             "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in result["records"]:
+        lines.append(f"| {r['place'] or 'ref'} | {r['move'] or '(no growth)'} | {r['gflops']:.4g} | "
+                     f"{r['params']:,} | ({r['tp']},{r['pp']}) | {r['proxy_loss']:.4f} | {r['heldout_loss']:.4f} | "
+                     f"{r['score']:.4f} | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    import argparse
+    defaults, pim = SearchConfig(), PIM()
+    p = argparse.ArgumentParser(prog="python -m growth.search", description=(
+        "Search the growth space around a checkpoint for data D_t; print the ranked candidates and, with --out, "
+        "write the grown winner exactly as `python -m growth.grow --move WINNER` would."))
+    p.add_argument("--from", dest="source", required=True, help="checkpoint (run, checkpoints or tag folder)")
+    p.add_argument("--data", required=True, help="shard spec of D_t (manifest, folder, pattern, comma list)")
+    p.add_argument("--g", type=float, help="data-growth ratio; default |D_t| / the data size the checkpoint "
+                                           "records (at its last growth, else the one it trained on)")
+    p.add_argument("--budget-gflops", type=float, help="max forward GFLOPs per sample")
+    p.add_argument("--budget-params", type=int, help="max parameters")
+    p.add_argument("--budget-mem-gb", type=float, help="max estimated training memory per rank (GB)")
+    p.add_argument("--world", type=int, help="ranks of the run the winner must fit (default: the checkpoint's)")
+    p.add_argument("--tp", type=int, help="current tensor-parallel size (default: the checkpoint's)")
+    p.add_argument("--pp", type=int, help="current pipeline stages (default: the checkpoint's)")
+    p.add_argument("--zero-stage", type=int, default=1, help="ZeRO stage of the run (memory estimate, pp check)")
+    p.add_argument("--micro-batch", type=int, help="micro-batch per rank (default: the checkpoint's run config)")
+    for name in ("candidates", "proxy_steps", "proxy_batch", "heldout_batches"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    p.add_argument("--penalty", type=float, default=defaults.penalty, help="score += penalty * log2(FLOPs ratio)")
+    p.add_argument("--eval-task", default=defaults.eval_task, help="optional eval task in the score")
+    p.add_argument("--seed", type=int, help="data seed (default: the run's train.seed)")
+    p.add_argument("--pim-m", type=float, default=pim.m)
+    p.add_argument("--pim-source", choices=("ema", "last"), default=pim.source)
+    p.add_argument("--pim-seed", type=int, default=pim.seed)
+    p.add_argument("--out", help="new folder for the grown winner (universal checkpoint)")
+    p.add_argument("--record", help="write the candidate records (JSON lines) here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    import json
+    import shutil
+    import sys
+    import tempfile
+
+    from pretrain.data.manifest import count_samples, load_shards
+    from pretrain.parallel.layout import Layout, LayoutError
+
+    from .hook import grow_checkpoint
+
+    args = parse_args(argv)
+    work = None
+    try:
+        tag = universal.find_checkpoint(args.source)
+        uni = tag
+        if not ckpt.is_universal(tag):
+            work = Path(tempfile.mkdtemp(prefix="growclip-search-"))
+            uni = universal.to_universal(tag, work / tag.name)
+        src = Source.read(uni)
+        run = src.client.get("run_config") or {}
+        shards = load_shards(args.data)
+        samples = count_samples(shards)
+        g = args.g
+        if g is None:
+            sizes = [h["data_samples"] for h in src.client.get("growth_history", []) if h.get("data_samples")]
+            before = sizes[-1] if sizes else src.client.get("data_samples")
+            if not before:
+                raise GrowthError(f"{tag}: the checkpoint records no data size; pass --g")
+            g = samples / before
+        lay = src.client.get("layout") or {}
+        tp, pp = args.tp or lay.get("tp", 1), args.pp or lay.get("pp", 1)
+        layout = Layout.for_world(args.world or tp * pp * lay.get("dp", 1), tp, pp)
+        budget = Budget(args.budget_gflops, args.budget_params, args.budget_mem_gb,
+                        args.micro_batch or (run.get("train") or {}).get("micro_batch", 64), args.zero_stage)
+        seed = args.seed if args.seed is not None else (run.get("train") or {}).get("seed", 0)
+        cfg = SearchConfig(args.candidates, args.proxy_steps, args.proxy_batch, args.heldout_batches, args.penalty,
+                           args.eval_task, seed=seed)
+        pim = PIM(args.pim_m, args.pim_source, args.pim_seed)
+        tok_path = tag / "tokenizer.model"
+        result = search(src, shards, samples, g, budget, layout, pim, Hyper.of_run(run.get("train") or {},
+                        src.client["step"]), cfg, Tokenizer(tok_path, src.arch.text.context))
+        print(table(result))
+        if args.record:
+            with open(args.record, "w") as f:
+                for r in result["records"] + [{"rejected": True, **r} for r in result["rejected"]]:
+                    f.write(json.dumps({"step": src.client["step"], "g": g, "data_samples": samples, **r}) + "\n")
+        if args.out:
+            if result["winner"] is None:
+                raise GrowthError("the budget admits no candidate; nothing written")
+            w = result["winner"]
+            grow_checkpoint(uni, w["move"], args.out, layout=Layout.for_world(layout.world, w["tp"], w["pp"]),
+                            pim=pim, tokenizer=tok_path, extra={"data_samples": samples, "search": {
+                                "g": g, "data_samples": samples, "winner": w["move"], "record": args.record}})
+    except (GrowthError, ckpt.CheckpointError, LayoutError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
