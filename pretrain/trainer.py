@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .arch import Architecture
 from .config import ConfigError, RunConfig
-from .data.manifest import load_shards
+from .data.manifest import count_samples, load_shards
 from .data.pipeline import TrainLoader
 from .data.tokenizer import Tokenizer
 from .ema import EMA
@@ -79,7 +79,11 @@ def check_kernel_head_dims(arch: Architecture) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, ds_config: dict, resume: str | None = None):
+    """`grow_at_samples`: with data.refresh_every, stop (and save) once the re-read data holds this many samples,
+    so that pretrain/growth_loop.py can grow the model (`data_grew` tells it why the run stopped)."""
+
+    def __init__(self, cfg: RunConfig, ds_config: dict, resume: str | None = None,
+                 grow_at_samples: int | None = None):
         self.cfg = cfg
         self.out = Path(cfg.train.out_dir)
         resume_dir = ckpt.resume_dir(self.out, resume)
@@ -96,6 +100,8 @@ class Trainer:
                 raise ConfigError(f"train.eval_tasks: {e}") from e
         ds_config = prepare_ds_config(ds_config, cfg, universal=bool(resume_dir and ckpt.is_universal(resume_dir)))
         self.shards = load_shards(cfg.data.shards)
+        self.data_samples = count_samples(self.shards)  # |D|, from the manifests
+        self.grow_at_samples, self.data_grew = grow_at_samples, False
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.layout = Layout.for_world(world, cfg.parallel.tp, cfg.parallel.pp)
@@ -117,7 +123,9 @@ class Trainer:
             check_kernel_head_dims(self.arch)
 
         torch.manual_seed(cfg.train.seed)  # identical full initial weights on every rank, then each takes its shard
-        model = apply_tensor_parallel(CLIP(self.arch), self.layout.tp)
+        model = CLIP(self.arch)
+        self.params = sum(p.numel() for p in model.parameters())
+        model = apply_tensor_parallel(model, self.layout.tp)
         self.uc_info = ckpt.universal_checkpoint_info([n for n, _ in model.named_parameters()], self.arch.text.vocab,
                                                       self.layout.tp)
         if self.layout.pp > 1:
@@ -139,6 +147,7 @@ class Trainer:
                                   order=cfg.data.order)
         self.ema = EMA(cfg.train.ema_decay)
         self.step = 0
+        self.samples_seen = 0  # training pairs consumed over the whole run, through every growth
         self.growth_history: list = []
         self._fingerprints: list[str] = []
         if resume_dir:
@@ -163,6 +172,8 @@ class Trainer:
         if load_path is None:
             raise ckpt.CheckpointError(f"DeepSpeed could not load {tag_dir}")
         self.step = client["step"]
+        self.samples_seen = client.get("samples", self.step * self.cfg.train.micro_batch * self.cfg.train.grad_accum
+                                       * self.layout.dp)  # older checkpoints: as if the layout never changed
         self.growth_history = list(client.get("growth_history", []))
         if client.get("ema"):
             ema = client["ema"]
@@ -227,11 +238,13 @@ class Trainer:
             self._fingerprints = []
             loss = self._step(it)
             self.step += 1
+            self.samples_seen += samples_per_step
             self.ema.update(self._full_params())
             all_fps = [None] * dist.get_world_size()  # ranks that do not read data (later stages) give []
             dist.all_gather_object(all_fps, self._fingerprints)
             norm = self.engine.get_global_grad_norm()
-            record = {"step": self.step, "loss": loss, "lr": self.engine.get_lr()[0],
+            record = {"step": self.step, "samples": self.samples_seen, "data_samples": self.data_samples,
+                      "gflops": self.gflops, "params": self.params, "loss": loss, "lr": self.engine.get_lr()[0],
                       "grad_norm": None if norm is None else float(norm), "batches": all_fps}
             history.append(record)
             window.append(loss)
@@ -246,12 +259,42 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._evaluate(writer)
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == last:
+            if self.cfg.data.refresh_every and self.step % self.cfg.data.refresh_every == 0:
+                self._refresh_data()
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == last or self.data_grew:
                 self.save()
+            if self.data_grew:
+                break
         bar.close()
         if writer:
             writer.close()
         return history
+
+    def _refresh_data(self) -> None:
+        """Re-read data.shards (a manifest that grows while the job runs): rank 0 resolves it, every rank adds
+        the new shards to its loader, which keeps its place (pretrain/data/pipeline.py). A spec that cannot be
+        read now keeps the current shards, with a warning."""
+        answer: list = [None]
+        if self.rank == 0:
+            try:
+                answer = [load_shards(self.cfg.data.shards)]
+            except (OSError, ValueError) as e:
+                print(f"warning: step {self.step}: data.shards could not be re-read ({e}); keeping "
+                      f"{len(self.shards)} shards", flush=True)
+        dist.broadcast_object_list(answer, src=0)
+        if answer[0] is None or len(answer[0]) == len(self.shards):
+            return
+        self.loader.add_shards(answer[0])
+        self.shards, self.data_samples = answer[0], count_samples(answer[0])
+        if self.rank == 0:
+            print(f"step {self.step}: the data grew to {len(self.shards)} shards, {self.data_samples} samples",
+                  flush=True)
+        self.data_grew = bool(self.grow_at_samples and self.data_samples >= self.grow_at_samples)
+
+    @property
+    def gflops(self) -> float:
+        """Forward GFLOPs per image-text pair of the current architecture."""
+        return self.arch.flops_per_sample() / 1e9
 
     def _skipped(self) -> dict[str, int]:
         """Bad samples skipped so far, by reason, over the whole data stream."""
@@ -283,6 +326,8 @@ class Trainer:
         sps = len(window) * samples_per_step / max(seconds, 1e-9)
         skipped = record["skipped"]
         scalars = {"train/loss": sum(window) / len(window), "train/lr": self.engine.get_lr()[0],
+                   "model/params": record["params"], "model/gflops_per_sample": record["gflops"],
+                   "data/samples": record["data_samples"], "train/samples_seen": record["samples"],
                    "train/samples_per_s": sps, "data/skipped": sum(skipped.values())}
         if record["logit_scale"] is not None:
             scalars["train/logit_scale"] = record["logit_scale"]
@@ -322,6 +367,7 @@ class Trainer:
         client = {"architecture": self.arch.to_dict(), "step": self.step, "data": data,
                   "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
                   "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.layout.dp},
-                  "growth_history": self.growth_history, "run_config": self.cfg.to_dict()}
+                  "growth_history": self.growth_history, "run_config": self.cfg.to_dict(),
+                  "samples": self.samples_seen, "data_samples": self.data_samples}
         return ckpt.save(self.engine, self.out / "checkpoints", self.step, client, self.uc_info,
                          self.tokenizer.model_path)
