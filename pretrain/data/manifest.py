@@ -1,4 +1,4 @@
-"""Shard lists: resolve a spec to tar paths, and write manifests.
+"""Shard lists: resolve a spec to tar paths (with sample counts), data stages, and write manifests.
 
 A spec is a manifest.json path, a directory holding manifest.json, a brace pattern
 (`dir/shard-{000000..000009}.tar`), a plain .tar path, or a list / comma-separated mix of these. A manifest's
@@ -6,16 +6,36 @@ A spec is a manifest.json path, a directory holding manifest.json, a brace patte
 so a mix manifest can stack earlier shard dirs as the data grows stage by stage:
 
     {"source": "mix", "shards": [{"path": "../fashion_mnist"}, {"path": "../openclipart/manifest.json"}]}
+
+Sample counts (`load_shards_with_counts`, `count_samples`) come from the manifests' per-shard "samples". A tar
+reached without one (a bare .tar, a brace pattern, a manifest entry without "samples") takes its count from
+the manifest.json next to it if that lists it with "samples", else from one scan of its tar headers (data is
+seeked over): the number of webdataset samples, i.e. runs of members with the same key. A damaged tar counts
+the samples before the damage, with a warning.
+
+Data stages D1 ⊆ D2 ⊆ ... (`load_stages`): each stage is a spec; every stage must name at least one shard
+and keep every shard of the stage before (same normalised real path, counted with multiplicity), else
+`StageError` names the stage and the first dropped shard.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tarfile
+from collections import Counter
 from pathlib import Path
 
 from braceexpand import braceexpand
+from webdataset.tariterators import base_plus_ext
 
 MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
+
+
+class StageError(ValueError):
+    """A data stage that is empty or drops shards of the stage before it."""
 
 
 def split_spec(spec: str) -> list[str]:
@@ -32,19 +52,24 @@ def split_spec(spec: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _from_manifest(path: Path, seen: set[Path]) -> list[str]:
+def _from_manifest(path: Path, seen: set[Path]) -> list[tuple[str, int | None]]:
     path = path.resolve()
     if path in seen:
         raise ValueError(f"manifest cycle through {path}")
     with open(path, encoding="utf-8") as f:
         manifest = json.load(f)
-    shards: list[str] = []
+    shards: list[tuple[str, int | None]] = []
     for entry in manifest["shards"]:
-        shards += _resolve(str(path.parent / entry["path"]), seen | {path})
+        item = str(path.parent / entry["path"])
+        resolved = _resolve(item, seen | {path})
+        if "samples" in entry and len(resolved) == 1 and resolved[0][0] == os.path.normpath(item):  # a tar entry
+            resolved = [(resolved[0][0], int(entry["samples"]))]
+        shards += resolved
     return shards
 
 
-def _resolve(item: str, seen: set[Path]) -> list[str]:
+def _resolve(item: str, seen: set[Path]) -> list[tuple[str, int | None]]:
+    """(tar path, samples or None when no manifest gave the count) in spec order."""
     path = Path(item)
     if "{" in item:
         return [p for expanded in braceexpand(item) for p in _resolve(expanded, seen)]
@@ -56,19 +81,110 @@ def _resolve(item: str, seen: set[Path]) -> list[str]:
         raise FileNotFoundError(f"{path} not found (shard spec)")
     if path.suffix == ".json":
         return _from_manifest(path, seen)
-    return [os.path.normpath(item)]
+    return [(os.path.normpath(item), None)]
 
 
-def load_shards(spec: str | os.PathLike | list) -> list[str]:
-    """Tar shard paths in spec order. Raises FileNotFoundError naming the first missing path."""
+def _resolve_spec(spec: str | os.PathLike | list) -> list[tuple[str, int | None]]:
     items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-    shards: list[str] = []
+    shards: list[tuple[str, int | None]] = []
     for item in items:
         for part in split_spec(str(item)):
             shards += _resolve(part, set())
     if not shards:
         raise ValueError(f"shard spec {spec!r} names no shards")
     return shards
+
+
+def load_shards(spec: str | os.PathLike | list) -> list[str]:
+    """Tar shard paths in spec order. Raises FileNotFoundError naming the first missing path."""
+    return [path for path, _ in _resolve_spec(spec)]
+
+
+def _sibling_count(path: str, cache: dict[str, dict[str, int]]) -> int | None:
+    """The "samples" of `path` in the manifest.json of its own directory, if that lists it."""
+    directory = os.path.dirname(os.path.realpath(path))
+    if directory not in cache:
+        counts: dict[str, int] = {}
+        try:
+            with open(os.path.join(directory, MANIFEST), encoding="utf-8") as f:
+                entries = json.load(f).get("shards", [])
+            for entry in entries:
+                if isinstance(entry, dict) and "samples" in entry and "path" in entry:
+                    counts[os.path.realpath(os.path.join(directory, entry["path"]))] = int(entry["samples"])
+        except (OSError, ValueError, AttributeError):  # no manifest, or not one of ours
+            pass
+        cache[directory] = counts
+    return cache[directory].get(os.path.realpath(path))
+
+
+def count_tar_samples(path: str) -> int:
+    """Webdataset samples in one tar, from its headers only (member data is seeked over): runs of regular
+    files with the same key, as `webdataset.tariterators.group_by_keys` groups them. A damaged tar counts the
+    samples before the damage and logs a warning."""
+    count, key = 0, None
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                prefix, _ = base_plus_ext(info.name)
+                if prefix is not None and prefix != key:
+                    count, key = count + 1, prefix
+    except (tarfile.TarError, OSError) as exn:
+        log.warning("counting samples of %s: stopped at damage after %d samples: %s", path, count, exn)
+    return count
+
+
+def load_shards_with_counts(spec: str | os.PathLike | list) -> list[tuple[str, int]]:
+    """(tar path, samples) in spec order: the path as `load_shards` gives it, the count from the manifest that
+    named the shard, else from the manifest.json beside the tar, else from scanning the tar's headers."""
+    cache: dict[str, dict[str, int]] = {}
+    out = []
+    for path, samples in _resolve_spec(spec):
+        if samples is None:
+            samples = _sibling_count(path, cache)
+        out.append((path, count_tar_samples(path) if samples is None else samples))
+    return out
+
+
+def count_samples(spec: str | os.PathLike | list) -> int:
+    """|D| in samples for a spec (or a list of tar paths, e.g. what `load_shards` returned)."""
+    return sum(samples for _, samples in load_shards_with_counts(spec))
+
+
+def shard_identity(path: str | os.PathLike) -> str:
+    """What makes two shard paths the same shard: the normalised real path."""
+    return os.path.normpath(os.path.realpath(path))
+
+
+def first_missing(old: list[str], new: list[str]) -> str | None:
+    """The first shard of `old` that `new` lacks (by `shard_identity`, with multiplicity), or None."""
+    available = Counter(shard_identity(p) for p in new)
+    for path in old:
+        ident = shard_identity(path)
+        if available[ident] == 0:
+            return path
+        available[ident] -= 1
+    return None
+
+
+def load_stages(specs: list) -> list[list[str]]:
+    """Resolve data stages D1 ⊆ D2 ⊆ ... (each a spec for `load_shards`) to their shard lists. Raises StageError
+    naming the stage (1-based index and spec) if one names no shards or drops a shard of the stage before it
+    (the first dropped shard's path); a missing file raises FileNotFoundError as in `load_shards`."""
+    stages: list[list[str]] = []
+    for index, spec in enumerate(specs, 1):
+        try:
+            shards = load_shards(spec)
+        except ValueError as exn:  # names no shards, manifest cycle, bad JSON
+            raise StageError(f"data stage {index} ({spec!r}): {exn}") from exn
+        if stages:
+            missing = first_missing(stages[-1], shards)
+            if missing is not None:
+                raise StageError(f"data stage {index} ({spec!r}) drops shard {missing} of stage {index - 1}; "
+                                 f"each stage must contain the one before")
+        stages.append(shards)
+    return stages
 
 
 def write_manifest(directory: Path, manifest: dict) -> Path:
