@@ -206,7 +206,8 @@ def search(src: Source, shards: list[str], samples: int, g: float, budget: Budge
                 result = evaluate_candidate(src, cand.arch, pim, hyper, train, heldout, cfg, tokenizer, device)
             mine.append({"index": index, **cand.record(), **result,
                          "score": score(result, cand.gflops, base, cfg), "reference": index == 0,
-                         "search_rank": rank, "seconds": round(time.time() - t0, 3)})
+                         "search_rank": rank, "seconds": round(time.time() - t0, 3), "proxy_steps": cfg.proxy_steps,
+                         "proxy_batch": cfg.proxy_batch, "heldout_batches": cfg.heldout_batches})
     finally:
         torch.set_num_threads(threads)
     gathered = [mine]
