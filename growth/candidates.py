@@ -27,6 +27,7 @@ data), ties by move text.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import asdict, dataclass
@@ -69,6 +70,11 @@ class Candidate:
     def record(self) -> dict:
         return {"move": self.moves, "family": self.family, "gflops": self.gflops, "params": self.params,
                 "mem_gb": round(self.mem_gb, 4), "tp": self.tp, "pp": self.pp, "to": self.arch.to_dict()}
+
+
+@functools.lru_cache(maxsize=4096)
+def total_params(arch: Architecture) -> int:
+    return parameter_counts(arch)["total"]
 
 
 def _sizes(smallest: int, largest: int) -> list[int]:
@@ -116,7 +122,7 @@ def memory_gb(arch: Architecture, layout: Layout, budget: Budget) -> float:
     (1/(tp·pp) of the model, and 1/dp of what the ZeRO stage shards), plus activations of one micro-batch
     (Megatron's per-layer estimate s·b·h·(34 + 5·a·s/h) bytes, doubled for fp32, divided by tp, for the
     layers of one pipeline stage)."""
-    params = parameter_counts(arch)["total"] / (layout.tp * layout.pp)
+    params = total_params(arch) / (layout.tp * layout.pp)
     z = budget.zero_stage
     per_param = (STATE_BYTES["weights"] / (layout.dp if z >= 3 else 1)
                  + STATE_BYTES["grads"] / (layout.dp if z >= 2 else 1)
@@ -164,7 +170,7 @@ def generate(arch: Architecture, g: float, budget: Budget, layout: Layout) -> tu
         except GrowthError as e:
             rejected.append({"move": moves, "reason": str(e)})
             continue
-        gflops, params = dst.flops_per_sample() / 1e9, parameter_counts(dst)["total"]
+        gflops, params = dst.flops_per_sample() / 1e9, total_params(dst)
         reason = ""
         if budget.max_gflops is not None and gflops > budget.max_gflops:
             reason = f"{gflops:.4g} GFLOPs/sample > budget {budget.max_gflops:g}"
