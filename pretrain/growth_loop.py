@@ -161,8 +161,17 @@ class GrowingRun:
         arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
         self._check_plan(arch, start)
         self.trainer = self._trainer(*layout, resume)
+        if self._grew_between_jobs():  # a manifest that grew while no job ran: grow before training
+            self.trainer.data_grew = True
 
     # ---- set-up -----------------------------------------------------------------------------------
+    def _grew_between_jobs(self) -> bool:
+        return (self.cfg.growth.mode == "auto" and not self.stages and self.source is not None
+                and self._growth_due(self.trainer.data_samples))
+
+    def _growth_due(self, samples: int) -> bool:
+        return samples > self.reference and samples >= self.reference * self.cfg.growth.data_ratio
+
     def _reference_samples(self, client: dict) -> int:
         """|D| at the last growth (the growth history), else at the start: what g is measured against."""
         for h in reversed(self.history):
@@ -170,7 +179,8 @@ class GrowingRun:
                 return int(h["data_samples"])
         if self.stages:
             return count_samples(self.stages[0])
-        return int(client.get("data_samples") or count_samples(self.cfg.data.shards))
+        first = client.get("data_samples_first") or client.get("data_samples")
+        return int(first or count_samples(self.cfg.data.shards))
 
     def _check_plan(self, arch: Architecture, start: int) -> None:
         """Every pending written move against the architecture and layout it will meet, before any training."""
@@ -252,12 +262,12 @@ class GrowingRun:
             self.pending.pop(0)
         elif self.cfg.growth.mode == "auto" and (stage is not None or data_grew):
             g = samples / max(self.reference, 1)
-            if g >= self.cfg.growth.data_ratio:
+            if self._growth_due(samples):
                 grown, result = self._search(step, shards, samples, g)
                 if grown is not None:
                     resume, layout = grown, (result["winner"]["tp"], result["winner"]["pp"])
             elif self.trainer.rank == 0:
-                print(f"step {step}: data {self.reference} -> {samples} samples (g = {g:.3f} < growth.data_ratio "
+                print(f"step {step}: data {self.reference} -> {samples} samples (g = {g:.3f}; growth.data_ratio "
                       f"{self.cfg.growth.data_ratio}): no growth", flush=True)
         if resume != self.source:
             self.reference = samples
