@@ -51,10 +51,18 @@ class TrainConfig:
     save_every: int = 0              # 0: only at the end
     stop_after: int = 0              # stop (and save) after this step, keeping the schedule of `steps`: for
                                      # jobs split across allocations; 0: run to `steps`
-    kernels: str = "auto"            # auto: triton on CUDA, torch elsewhere
+    kernels: str = "auto"            # auto: per op and shape, the faster in kernels/records.json for this GPU
+                                     # (SDPA + torch loss without a record, and on CPUs); torch; triton
     eval_every: int = 0              # run eval tasks every N steps (0: never); see eval/README.md
     eval_tasks: str = "fashion_mnist"  # as `python -m eval --tasks`
     eval_limit: int = 1000           # first N samples of each task (0: all)
+    fingerprints: bool = False       # hash every micro-batch and log them per step as "batches" (data-order
+                                     # tests, debugging); costs a host copy + SHA1 per batch and a gather per step
+    compile: str | bool | None = None  # torch.compile of the model and the loss: None/auto (on for CUDA at pp=1
+                                     # below ZeRO-3), on (true), off (false); YAML reads on/off as true/false
+    optimizer: str = "auto"          # auto: torch AdamW(fused=True) on CUDA, AdamW (foreach) elsewhere; torch,
+                                     # torch_fused, deepspeed_fused (DeepSpeed FusedAdam, JIT-built on first use)
+    ema_warmup: bool = True          # EMA decay min(ema_decay, (1+t)/(10+t)) after t updates (pretrain/ema.py)
 
 
 @dataclass
@@ -210,8 +218,10 @@ def validate_stages(cfg: RunConfig, source: str) -> None:
             set(d.stage_steps)):
         raise ConfigError(f"{source}: data.stage_steps {d.stage_steps} must be strictly ascending integers in "
                           f"1..train.steps-1 ({cfg.train.steps - 1})")
-    if not all(isinstance(s, str) and s.strip() for s in d.stages):
-        raise ConfigError(f"{source}: data.stages must be shard specs (strings), got {d.stages!r}")
+    for i, spec in enumerate(d.stages):
+        if not isinstance(spec, str) or not spec.strip():
+            raise ConfigError(f"{source}: data.stages[{i}] is {spec!r}; each stage is a shard spec (a manifest, "
+                              f"folder, pattern or comma list) that holds the stage before it")
     if d.refresh_every < 0:
         raise ConfigError(f"{source}: data.refresh_every must be >= 0, got {d.refresh_every}")
     if g.mode not in ("steps", "auto"):
