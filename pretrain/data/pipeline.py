@@ -19,8 +19,30 @@ epoch, skipped ones included) and cumulative skip counts. The loader records the
 from each worker, plus which worker is due next (the DataLoader takes batches round-robin from worker 0). On
 resume the physical workers are rotated so the due worker comes first, and each stream replays its epoch
 through the same shuffle buffer without decoding anything, dropping the items already used.
-If the layout (shards, seed, dp_world, workers, shuffle_buffer) changed, exact resume is impossible: every
-stream starts afresh at the epoch after the furthest one reached, and a warning says so.
+
+Growing data (`TrainLoader.add_shards`, or a state saved before an addition loaded onto the grown list): the
+loader keeps its place. The shards are kept as the old ones in their order, then the added ones. A stream's
+epoch is a concatenation of phases, recorded in its position as `phases`, the shard counts at the phase ends
+([n0, n1, ...]; [len(shards)] without an addition). Phase 0 is exactly the stream described above over
+shards[:n0] (same permutation, same shuffle buffer), so what was consumed of it is unchanged and the replay still
+works; phase k > 0 is the stream's share of shards[n(k-1):n(k)], the shards added during that epoch, permuted
+with (seed, epoch, k) and split across streams like phase 0, through its own shuffle buffer seeded with k as
+well. So in that epoch nothing seen is repeated, nothing unseen of the old shards is dropped (the phase-0 buffer
+is flushed first) and the new shards come after; the next epoch starts with all shards permuted together.
+Streams drift apart (a stream with fewer samples per epoch goes through epochs faster), so an addition joins
+at the end of one epoch E for all streams: the furthest epoch any stream is in (`loader.epoch`; with sharded
+order and several DP ranks the caller passes the max over the ranks, and a resume takes the max over the saved
+ranks). Streams in E get the phase now; a stream behind keeps the addition as `later` ([[E, count]]) and
+finishes its earlier epochs without it. Every epoch therefore holds each sample once over all streams: the
+old ones before E, old and new from E on. A live iterator picks an addition up at its next batch: it restarts
+its DataLoader from the positions of the last consumed batches (prefetched batches are dropped and replayed).
+
+Resume checks the layout: seed, dp_world, workers, shuffle_buffer, order and the shard list (short names, the
+last two path parts, so moving the data is harmless). If only shards were added (the saved list is contained in
+the new one, with multiplicity), the saved positions are kept and the addition is applied at them, exactly as
+`add_shards` there would have. Any other change makes exact resume impossible: every stream starts afresh at
+the epoch after the furthest one reached, and a warning says so. Version-1 states (before growing data; they
+hold a hash of the names) resume exactly only onto the same shard list, else they take that fallback.
 """
 from __future__ import annotations
 
@@ -28,7 +50,7 @@ import hashlib
 import io
 import logging
 import random
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from pathlib import Path
 from typing import Iterator
 
@@ -38,6 +60,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
+from .manifest import shard_identity
 from .tario import tar_members
 from .transforms import normalize_batch, train_transform
 
@@ -96,20 +119,32 @@ class _Streams(IterableDataset):
 
     def __init__(self, loader: "TrainLoader", positions: list[dict], rotate: int):
         self.loader, self.positions, self.rotate = loader, positions, rotate
+        self.shards = list(loader.shards)  # this DataLoader's list: an addition restarts the DataLoader
 
-    def epoch_items(self, epoch: int, stream: int) -> Iterator[dict | str]:
-        ld = self.loader
-        order = random.Random(seed_of("shards", ld.seed, epoch)).sample(range(len(ld.shards)), len(ld.shards))
+    def phase_items(self, epoch: int, phase: int, lo: int, hi: int, stream: int) -> Iterator[dict | str]:
+        """The stream's share of shards[lo:hi] (phase 0: lo = 0, the shards known when the epoch began)."""
+        ld, n = self.loader, hi - lo
+        key = ("shards", ld.seed, epoch) + ((phase,) if phase else ())
+        order = [lo + i for i in random.Random(seed_of(*key)).sample(range(n), n)]
         if len(order) >= ld.streams:
             for index in order[stream :: ld.streams]:
-                yield from read_shard(ld.shards[index])
+                yield from read_shard(self.shards[index])
             return
         i = 0
         for index in order:
-            for item in read_shard(ld.shards[index]):
+            for item in read_shard(self.shards[index]):
                 if i % ld.streams == stream:
                     yield item
                 i += 1
+
+    def epoch_items(self, epoch: int, phases: list[int], stream: int, worker: int) -> Iterator[dict | str]:
+        """The stream's epoch, shuffled: its phases one after the other, each through its own buffer."""
+        ld, lo = self.loader, 0
+        for phase, hi in enumerate(phases):
+            key = ("buffer", ld.seed, epoch, ld.stream_rank, worker) + ((phase,) if phase else ())
+            yield from shuffled(self.phase_items(epoch, phase, lo, hi, stream), ld.shuffle_buffer,
+                                random.Random(seed_of(*key)))
+            lo = hi
 
     def decode(self, item: dict | str, epoch: int) -> tuple[np.ndarray, str] | str:
         """(cropped HWC uint8 RGB image, caption) or a skip reason."""
@@ -138,8 +173,9 @@ class _Streams(IterableDataset):
         except Exception:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, ...)
             return "bad_image"
 
-    def batch(self, images, captions, worker, epoch, consumed, skipped):
-        meta = {"worker": worker, "epoch": epoch, "consumed": consumed, "skipped": dict(skipped)}
+    def batch(self, images, captions, worker, epoch, consumed, skipped, phases, later):
+        meta = {"worker": worker, "epoch": epoch, "consumed": consumed, "skipped": dict(skipped),
+                "phases": list(phases), "later": [list(x) for x in later]}
         rows = self.loader.rows  # global order: this rank's slice of the global batch
         return normalize_batch(images[rows]), self.loader.tokenizer(captions[rows]), meta
 
@@ -149,13 +185,13 @@ class _Streams(IterableDataset):
         worker = ((info.id if info else 0) + self.rotate) % ld.workers_per_rank
         stream = ld.stream_rank * ld.workers_per_rank + worker
         position = self.positions[worker]
-        epoch, skip_items = position["epoch"], position["consumed"]
+        epoch, skip_items, phases = position["epoch"], position["consumed"], list(position["phases"])
+        later = [list(x) for x in position["later"]]  # [epoch, shard count]: additions waiting for that epoch
         skipped = Counter(position["skipped"])
         images, captions, barren = [], [], 0
         while True:
-            rng = random.Random(seed_of("buffer", ld.seed, epoch, ld.stream_rank, worker))
             used = consumed = 0
-            for consumed, item in enumerate(shuffled(self.epoch_items(epoch, stream), ld.shuffle_buffer, rng), 1):
+            for consumed, item in enumerate(self.epoch_items(epoch, phases, stream, worker), 1):
                 if consumed <= skip_items:  # fast-forward after resume: no decoding
                     continue
                 out = self.decode(item, epoch)
@@ -163,19 +199,22 @@ class _Streams(IterableDataset):
                     skipped[out] += 1
                     continue
                 if len(images) == ld.stream_batch:  # a full batch leaves only now, so it counts the skips after it
-                    yield self.batch(images, captions, worker, epoch, consumed - 1, skipped)
+                    yield self.batch(images, captions, worker, epoch, consumed - 1, skipped, phases, later)
                     images, captions = [], []
                 images.append(out[0])
                 captions.append(out[1])
                 used += 1
             if len(images) == ld.stream_batch:
-                yield self.batch(images, captions, worker, epoch, max(consumed, skip_items), skipped)
+                yield self.batch(images, captions, worker, epoch, max(consumed, skip_items), skipped, phases,
+                                 later)
                 images, captions = [], []
             barren = barren + 1 if used == 0 else 0
             if barren >= BARREN_EPOCHS:
                 raise RuntimeError(f"data stream {stream} (rank {ld.stream_rank}, worker {worker}) found no usable "
                                    f"sample in {barren} epochs; skipped {dict(skipped)}")
-            epoch, skip_items = epoch + 1, 0
+            epoch, skip_items = epoch + 1, 0  # every shard reached so far, then what joins in this epoch
+            phases = [phases[-1]] + [count for at, count in later if at == epoch]
+            later = [x for x in later if x[0] != epoch]
 
 
 class TrainLoader:
@@ -215,22 +254,76 @@ class TrainLoader:
             log.warning("%d shards < %d streams (dp_world %d x workers %d): every stream reads all shards and "
                         "keeps samples by index modulo %d", len(self.shards), self.streams, dp_world,
                         self.workers_per_rank, self.streams)
-        self._positions = [{"epoch": 0, "consumed": 0, "skipped": {}} for _ in range(self.workers_per_rank)]
+        self._positions = self._fresh_positions(0)
         self._next_worker = 0
+        self._generation = 0  # bumped when the shards or positions change under a live iterator
+
+    def _fresh_positions(self, epoch: int) -> list[dict]:
+        return [{"epoch": epoch, "consumed": 0, "skipped": {}, "phases": [len(self.shards)], "later": []}
+                for _ in range(self.workers_per_rank)]
+
+    def _names(self) -> list[str]:
+        return ["/".join(Path(p).parts[-2:]) for p in self.shards]  # survives moving the data
 
     def _layout(self) -> dict:
-        names = "\n".join("/".join(Path(p).parts[-2:]) for p in self.shards).encode()  # survives moving the data
+        return {"shards": self._names(), "seed": self.seed, "dp_world": self.stream_world,
+                "workers": self.workers_per_rank, "shuffle_buffer": self.shuffle_buffer, "order": self.order}
+
+    def _layout_v1(self) -> dict:
+        names = "\n".join(self._names()).encode()
         return {"shards_sha256": hashlib.sha256(names).hexdigest(), "num_shards": len(self.shards), "seed": self.seed,
                 "dp_world": self.stream_world, "workers": self.workers_per_rank, "shuffle_buffer": self.shuffle_buffer,
                 "order": self.order}
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        dataset = _Streams(self, [dict(p) for p in self._positions], self._next_worker)
-        for images, tokens, meta in DataLoader(dataset, batch_size=None, num_workers=self.workers):
-            worker = meta.pop("worker")
-            self._positions[worker] = meta
-            self._next_worker = (worker + 1) % self.workers_per_rank
-            yield images, tokens
+        while True:  # one DataLoader per generation: an addition (or a loaded state) restarts it at the positions
+            generation = self._generation
+            dataset = _Streams(self, [dict(p) for p in self._positions], self._next_worker)
+            batches = iter(DataLoader(dataset, batch_size=None, num_workers=self.workers))
+            for images, tokens, meta in batches:
+                worker = meta.pop("worker")
+                self._positions[worker] = meta
+                self._next_worker = (worker + 1) % self.workers_per_rank
+                yield images, tokens
+                if self._generation != generation:
+                    break
+            del batches  # stops its workers (their prefetched batches are replayed by the next DataLoader)
+
+    @property
+    def epoch(self) -> int:
+        """The furthest epoch this rank's streams are in (at the last consumed batches)."""
+        return max(p["epoch"] for p in self._positions)
+
+    def add_shards(self, shards: list[str], epoch: int | None = None) -> list[str]:
+        """Grow the data to `shards`, the new full list, which must contain every current shard (same
+        normalised real path; ValueError naming the first missing one). The shards not in the current list
+        are appended, in their order, and join the streams in epoch E = max(self.epoch, epoch) (module
+        docstring); a live iterator takes them from its next batch. Call it with the same list on every DP rank;
+        with order="sharded" and dp_world > 1 pass epoch = the max of `loader.epoch` over the DP ranks, so that
+        they agree on E. Returns the added shards ([]: nothing to do, nothing changes)."""
+        shards = [str(p) for p in shards]
+        missing, _, added = _match([shard_identity(p) for p in self.shards], [shard_identity(p) for p in shards])
+        if missing is not None:
+            raise ValueError(f"add_shards: the new shard list lacks the current shard {self.shards[missing]} "
+                             f"(it must contain every current shard)")
+        new = [shards[i] for i in added]
+        if new:
+            self.shards += new
+            self._added(len(new), self.epoch if epoch is None else max(self.epoch, epoch))
+        return new
+
+    def _added(self, count: int, epoch: int) -> None:
+        """The last `count` shards are new and join in `epoch`: a phase at the end of that epoch of every stream
+        (now for the streams in it, later for those behind)."""
+        for position in self._positions:
+            if position["epoch"] == epoch:
+                position["phases"] = [*position["phases"], len(self.shards)]
+            else:
+                position["later"] = [*position["later"], [epoch, len(self.shards)]]
+        self._generation += 1
+        log.info("%d shards added (now %d); they join at the end of epoch %d%s", count, len(self.shards), epoch,
+                 f", split by sample index modulo {self.streams} (fewer than the streams)"
+                 if count < self.streams else "")
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -240,18 +333,58 @@ class TrainLoader:
         return dict(total)
 
     def state_dict(self) -> dict:
-        return {"version": 1, "dp_rank": self.stream_rank, "layout": self._layout(), "next_worker": self._next_worker,
-                "positions": [{**p, "skipped": dict(p["skipped"])} for p in self._positions]}
+        return {"version": 2, "dp_rank": self.stream_rank, "layout": self._layout(), "next_worker": self._next_worker,
+                "positions": [_copy(p) for p in self._positions]}
 
     def load_state_dict(self, state: dict | list[dict]) -> None:
         states = state if isinstance(state, list) else [state]
         mine = [s for s in states if s["dp_rank"] == self.stream_rank]
-        if mine and mine[0]["layout"] == self._layout():
-            self._positions = [{**p, "skipped": dict(p["skipped"])} for p in mine[0]["positions"]]
-            self._next_worker = mine[0]["next_worker"]
+        self._generation += 1  # a live iterator restarts at the loaded positions
+        if mine and self._resume(mine[0], max(p["epoch"] for s in states for p in s["positions"])):
             return
         epoch = 1 + max(p["epoch"] for s in states for p in s["positions"])
         log.warning("data layout changed since the checkpoint (or no state for rank %d): cannot resume exactly; "
                     "all streams start at epoch %d", self.dp_rank, epoch)
-        self._positions = [{"epoch": epoch, "consumed": 0, "skipped": {}} for _ in range(self.workers_per_rank)]
+        self._positions = self._fresh_positions(epoch)
         self._next_worker = 0
+
+    def _resume(self, state: dict, epoch: int) -> bool:
+        """Take the saved positions if the layout is the same up to added shards; those join in `epoch`."""
+        if state.get("version", 1) == 1:
+            if state["layout"] != self._layout_v1():
+                return False
+            positions = [{**p, "phases": [len(self.shards)], "later": []} for p in state["positions"]]
+            added: list[int] = []
+        else:
+            saved, current = dict(state["layout"]), self._layout()
+            saved_names, names = saved.pop("shards"), current.pop("shards")
+            missing, old, added = _match(saved_names, names)
+            if saved != current or missing is not None:
+                return False
+            self.shards = [self.shards[i] for i in old + added]  # the saved order, then the added shards
+            positions = state["positions"]
+        self._positions = [_copy(p) for p in positions]
+        self._next_worker = state["next_worker"]
+        if added:
+            self._added(len(added), epoch)
+        return True
+
+
+def _copy(position: dict) -> dict:
+    return {**position, "skipped": dict(position["skipped"]), "phases": list(position["phases"]),
+            "later": [list(x) for x in position["later"]]}
+
+
+def _match(old: list[str], new: list[str]) -> tuple[int | None, list[int], list[int]]:
+    """Match the keys of `old` to those of `new`, with multiplicity, in order: (index in old of the first key that
+    new lacks or None, the index in new of each old key, the indices in new of the unmatched keys in order)."""
+    pending: dict[str, deque] = defaultdict(deque)
+    for i, key in enumerate(new):
+        pending[key].append(i)
+    matched = []
+    for j, key in enumerate(old):
+        if not pending[key]:
+            return j, [], []
+        matched.append(pending[key].popleft())
+    taken = set(matched)
+    return None, matched, [i for i in range(len(new)) if i not in taken]
