@@ -1,0 +1,184 @@
+"""Data-aware automatic growth inside a run (pretrain/growth_loop.py, growth/auto.py, growth/search.py).
+
+One 2-rank ZeRO-1 run with two data stages (4 of the 8 tiny shards, then all 8) grows by itself at the stage
+boundary: the search proxy-trains its candidates on both ranks and the winner is grown with PIM m = 1 from the
+last weights. The same search is re-run offline in one process (`python -m growth.search`), which must rank the
+candidates identically, with the same scores, and write the same grown winner. A second run grows its manifest
+between two jobs under a budget that admits nothing: the growth is skipped with the reason, training goes on.
+"""
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from growth import search as search_cli
+from growth import timeline
+from pretrain import checkpoint as ckpt
+from pretrain.main import main
+from tests.conftest import ROOT, launch, metrics
+from tests.growth.helpers import TOL
+from tests.growth.runs import first_batches, grown_model, single_process_loss
+
+STEPS, BOUNDARY = 6, 3
+SEARCH = ["growth.mode=auto", "growth.candidates=3", "growth.proxy_steps=2", "growth.proxy_batch=16",
+          "growth.heldout_batches=2", "growth.pim_source=last"]
+CLI_SEARCH = ["--candidates", "3", "--proxy-steps", "2", "--proxy-batch", "16", "--heldout-batches", "2",
+              "--pim-source", "last"]
+
+
+def stages(tiny_data) -> list[str]:
+    shards = Path(tiny_data["shards"])
+    return [f"{shards}/shard-{{000000..000003}}.tar", str(shards)]
+
+
+@pytest.fixture(scope="module")
+def auto_run(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("auto") / "run"
+    launch(run, tiny_data, f"train.steps={STEPS}", "train.lr=0.002", "train.warmup=1", 'data.shards=""',
+           f"data.stages={json.dumps(stages(tiny_data))}", f"data.stage_steps=[{BOUNDARY}]", *SEARCH,
+           ds_config="ds_configs/zero1.json")
+    return run
+
+
+def grown_tag(run):
+    return run / "grown" / f"step{BOUNDARY}" / f"step{BOUNDARY:08d}"
+
+
+def records(path: Path) -> tuple[list[dict], list[dict]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in rows if not r.get("rejected")], [r for r in rows if r.get("rejected")]
+
+
+@pytest.mark.slow
+def test_the_run_grows_by_itself_at_the_stage_boundary(auto_run):
+    m = metrics(auto_run)
+    assert sorted(m) == list(range(1, STEPS + 1)) and all(math.isfinite(r["loss"]) for r in m.values())
+    assert [m[s]["data_samples"] for s in m] == [1200] * BOUNDARY + [2400] * (STEPS - BOUNDARY)
+    assert len({m[s]["params"] for s in range(1, BOUNDARY + 1)}) == 1
+    assert m[BOUNDARY + 1]["params"] > m[BOUNDARY]["params"]
+    trained, _ = records(auto_run / "growth" / f"search-step{BOUNDARY}.jsonl")
+    winner = next(r for r in trained if r["winner"])
+    entry = ckpt.read_client_state(grown_tag(auto_run))["growth_history"][-1]
+    assert (entry["move"], entry["source_step"], entry["data_samples"]) == (winner["move"], BOUNDARY, 2400)
+    assert entry["search"]["winner"] == winner["move"] and entry["search"]["g"] == pytest.approx(2.0)
+    final = ckpt.read_client_state(auto_run / "checkpoints" / f"step{STEPS:08d}")
+    assert final["architecture"] == winner["to"] and final["growth_history"] == [entry]
+    assert final["samples"] == STEPS * 32 and final["data_samples"] == 2400
+
+
+@pytest.mark.slow
+def test_first_loss_after_the_growth_is_the_grown_models_loss(auto_run):
+    """PIM m = 1 from the last weights: the first loss after the growth is the grown checkpoint's loss on the
+    batches the run took, which come from the stage-2 shard list with the loader keeping its place."""
+    layout = ckpt.read_client_state(grown_tag(auto_run))["layout"]
+    batches = first_batches(grown_tag(auto_run), auto_run, dp=2 // layout["tp"])
+    grown = single_process_loss(grown_model(grown_tag(auto_run)), batches)
+    assert abs(metrics(auto_run)[BOUNDARY + 1]["loss"] - grown) <= TOL
+
+
+@pytest.mark.slow
+def test_the_search_record_holds_every_candidate(auto_run):
+    trained, rejected = records(auto_run / "growth" / f"search-step{BOUNDARY}.jsonl")
+    assert len(trained) == 4 and sum(r["reference"] for r in trained) == 1  # 3 candidates + no growth
+    for r in trained:
+        for key in ("move", "gflops", "params", "proxy_loss", "heldout_loss", "score", "seconds", "tp", "pp"):
+            assert r[key] is not None, key
+    ranked = sorted((r for r in trained if not r["reference"]), key=lambda r: r["score"])
+    assert [r["place"] for r in ranked] == [1, 2, 3] and ranked[0]["winner"] and not any(
+        r["winner"] for r in ranked[1:])
+    assert {r["search_rank"] for r in trained} == {0, 1}  # both ranks proxy-trained candidates
+    assert rejected and all(r["reason"] for r in rejected)
+    assert list((auto_run / "tb").iterdir())
+    assert not (auto_run / "growth" / f"universal-step{BOUNDARY}").exists()  # the conversion is cleaned up
+
+
+@pytest.mark.slow
+def test_the_search_is_identical_in_one_process_and_writes_the_same_winner(auto_run, tiny_data, tmp_path):
+    """`python -m growth.search` on the pre-growth save, one process: same ranking, winner and scores (1e-6) as
+    the 2-rank search inside the run, and --out writes the grown winner exactly as the run did."""
+    record, out = tmp_path / "search.jsonl", tmp_path / "grown"
+    rc = search_cli.main(["--from", str(auto_run / "checkpoints" / f"step{BOUNDARY:08d}"), "--data",
+                          stages(tiny_data)[1], *CLI_SEARCH, "--record", str(record), "--out", str(out)])
+    assert rc == 0
+    ours, _ = records(record)
+    theirs, _ = records(auto_run / "growth" / f"search-step{BOUNDARY}.jsonl")
+    assert [r["move"] for r in ours] == [r["move"] for r in theirs]
+    assert [r["winner"] for r in ours] == [r["winner"] for r in theirs]
+    for a, b in zip(ours, theirs):
+        assert abs(a["score"] - b["score"]) <= 1e-6 and abs(a["heldout_loss"] - b["heldout_loss"]) <= 1e-6
+    mine, run = ckpt.full_state_dict(ckpt.resume_dir(out, str(out))), ckpt.full_state_dict(grown_tag(auto_run))
+    assert mine.keys() == run.keys() and all(torch.equal(mine[k], run[k]) for k in mine)
+
+
+@pytest.mark.slow
+def test_the_timeline_marks_the_growth_and_the_stages(auto_run, tmp_path):
+    png = tmp_path / "timeline.png"
+    assert timeline.main([str(auto_run), "--out", str(png)]) == 0
+    assert png.stat().st_size > 20_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    panels = timeline.curves(timeline.read_metrics(auto_run), timeline.searches(auto_run))
+    winner = ckpt.read_client_state(grown_tag(auto_run))["growth_history"][-1]["move"]
+    for panel in panels.values():
+        assert len(panel["growths"]) == 1 and winner in panel["growths"][0][1]
+        assert [size for _, _, size in panel["stages"]] == [1200, 2400]
+    assert len(panels["flops"]["searches"]) == 1 and panels["flops"]["x"][-1] > 0
+
+
+@pytest.mark.slow
+def test_a_corrupt_source_is_refused_naming_the_file_and_the_run_is_untouched(auto_run, tiny_data, tmp_path):
+    from tests.conftest import to_universal
+    uni = to_universal(auto_run / "checkpoints" / f"step{BOUNDARY:08d}", tmp_path / "uni")
+    victim = uni / "zero" / "visual.proj" / "fp32.pt"
+    victim.write_bytes(victim.read_bytes()[:100])
+    before = sorted(p.name for p in (auto_run / "checkpoints").iterdir())
+    rc = search_cli.main(["--from", str(uni), "--data", stages(tiny_data)[1], *CLI_SEARCH, "--world", "2",
+                          "--out", str(tmp_path / "grown")])
+    assert rc == 2 and not (tmp_path / "grown").exists()
+    assert sorted(p.name for p in (auto_run / "checkpoints").iterdir()) == before
+
+
+def test_bad_stages_stop_the_run_naming_the_stage(tmp_path, tiny_data, capsys, monkeypatch):
+    """Stages that are empty or drop shards of the stage before stop the entry point with one line naming
+    the stage, before any training."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    shards = Path(tiny_data["shards"])
+    bad = {
+        "dropped": ([f"{shards}/shard-{{000000..000003}}.tar", f"{shards}/shard-{{000001..000007}}.tar"],
+                    "shard-000000.tar"),
+        "empty": ([str(shards), ""], "data.stages[1] is ''"),
+    }
+    for name, (spec, named) in bad.items():
+        rc = main(["--config", str(ROOT / "configs/demo.yaml"), f"data.tokenizer={tiny_data['tokenizer']}",
+                   f"train.out_dir={tmp_path / name}", "train.steps=6", 'data.shards=""',
+                   f"data.stages={json.dumps(spec)}", "data.stage_steps=[3]", "growth.mode=auto"])
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert rc == 2 and len(errors) == 1 and "data.stages" in errors[0] and named in errors[0], (name, errors)
+        assert not (tmp_path / name).exists()
+
+
+@pytest.mark.slow
+def test_manifest_grown_between_jobs_with_no_affordable_candidate_skips_the_growth(tiny_data, tmp_path):
+    """Job 1 trains on a manifest of 4 shards; the manifest then lists all 8; job 2 resumes, finds g = 2 and
+    searches, but the budget (forward GFLOPs per sample below any growth) admits nothing: the reason is printed,
+    the architecture stays, and training goes on over the grown data."""
+    data = tmp_path / "data"
+    data.mkdir()
+    src = json.loads((Path(tiny_data["shards"]) / "manifest.json").read_text())
+    for entry in src["shards"]:
+        shutil.copy(Path(tiny_data["shards"]) / entry["path"], data / entry["path"])
+    manifest = data / "manifest.json"
+    manifest.write_text(json.dumps({**src, "shards": src["shards"][:4], "samples": 1200}))
+    run = tmp_path / "run"
+    common = [f"data.shards={manifest}", "train.steps=6", *SEARCH, "growth.max_gflops=0.001"]
+    launch(run, tiny_data, *common, "train.stop_after=3", ds_config="ds_configs/zero1.json")
+    manifest.write_text(json.dumps(src))
+    proc = launch(run, tiny_data, *common, ds_config="ds_configs/zero1.json", resume="latest")
+    assert "the budget admits no candidate" in proc.stdout + proc.stderr
+    m = metrics(run)
+    assert [m[s]["data_samples"] for s in m] == [1200] * 3 + [2400] * 3
+    assert len({m[s]["params"] for s in m}) == 1 and not (run / "grown").exists()
+    trained, rejected = records(run / "growth" / "search-step3.jsonl")
+    assert [r["reference"] for r in trained] == [True] and rejected
+    assert all("GFLOPs/sample > budget" in r["reason"] for r in rejected)
