@@ -37,6 +37,11 @@ class LossTiles(NamedTuple):
 FWD_TILES = LossTiles(128, 64, 8, 3)
 BWD_TILES = LossTiles(64, 64, 8, 2)
 MAX_BLOCK_DO = 256
+# Dot precision of every tl.dot for fp32 features (the trainer passes fp32): "tf32" (tensor cores, products of
+# 10-bit-mantissa inputs, fp32 accumulation; the logits then carry ~1e-3 relative error, less than the bf16 logits
+# of OpenCLIP under autocast) or "ieee" (exact fp32, several times slower). bf16/fp16 features always use the
+# native 16-bit tensor-core products with fp32 accumulation. Softmax, LSE and the positive logit are fp32.
+DOT_PRECISION = "tf32"
 
 
 def _block_k(d: int) -> int:
@@ -52,7 +57,8 @@ def _lse(x: Tensor, y: Tensor, scale: Tensor, off: int):
     t = FWD_TILES
     _k.clip_lse_fwd[(triton.cdiv(R, t.block_m),)](
         x, y, scale, lse, row_loss, R, y.shape[0], off, D=D, BLOCK_M=t.block_m,
-        BLOCK_N=t.block_n, BLOCK_K=_block_k(D), num_warps=t.num_warps, num_stages=t.num_stages)
+        BLOCK_N=t.block_n, BLOCK_K=_block_k(D), DOT_PRECISION=DOT_PRECISION, num_warps=t.num_warps,
+        num_stages=t.num_stages)
     return lse, row_loss
 
 
@@ -69,7 +75,8 @@ def _grad(x: Tensor, y: Tensor, lse_r: Optional[Tensor], lse_c: Optional[Tensor]
         x, y, x if lse_r is None else lse_r, x if lse_c is None else lse_c, scale, grad, dx,
         rowdot, R, y.shape[0], off, coef, D=D, BLOCK_M=t.block_m, BLOCK_N=t.block_n,
         BLOCK_K=_block_k(D), BLOCK_DO=block_do, HAS_R=lse_r is not None,
-        HAS_C=lse_c is not None, num_warps=t.num_warps, num_stages=t.num_stages)
+        HAS_C=lse_c is not None, DOT_PRECISION=DOT_PRECISION, num_warps=t.num_warps,
+        num_stages=t.num_stages)
     return dx, rowdot
 
 

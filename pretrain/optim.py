@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the warmup + cosine schedule."""
+"""AdamW parameter groups, the optimizer (fused on GPUs) and the warmup + cosine schedule."""
 import math
 
 import torch
@@ -16,6 +16,31 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (rest if no_decay(name, p) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+OPTIMIZERS = ("auto", "torch", "torch_fused", "deepspeed_fused")
+
+
+def optimizer_kind(name: str, device: torch.device) -> str:
+    """auto: torch AdamW(fused=True) on CUDA (one multi-tensor kernel per step, no build), torch AdamW (foreach)
+    elsewhere. DeepSpeed's FusedAdam is the other fused choice; it JIT-builds a CUDA op on first use (on the H200
+    image set TORCH_CUDA_ARCH_LIST=9.0: its preset 9.0a breaks that build)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    if name == "auto":
+        return "torch_fused" if device.type == "cuda" else "torch"
+    if name != "torch" and device.type != "cuda":
+        raise ValueError(f"train.optimizer={name} needs CUDA; this run is on {device.type}")
+    return name
+
+
+def build_optimizer(model: torch.nn.Module, kind: str, lr: float, betas, eps: float, weight_decay: float):
+    """AdamW over `param_groups` (the same groups and hyper-parameters whichever implementation runs)."""
+    groups = param_groups(model, weight_decay)
+    if kind == "deepspeed_fused":
+        from deepspeed.ops.adam import FusedAdam
+        return FusedAdam(groups, lr=lr, betas=betas, eps=eps, adam_w_mode=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if kind == "torch_fused" else {}))
 
 
 def cosine_with_warmup(optimizer, warmup: int, total: int, lr: float, min_lr: float):

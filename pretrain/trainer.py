@@ -27,7 +27,7 @@ from .ema import EMA
 from .loss import ContrastiveLoss
 from .model import CLIP, set_backend
 from .model.clip import logit_scale_value
-from .optim import cosine_with_warmup, param_groups
+from .optim import build_optimizer, cosine_with_warmup, optimizer_kind
 from .parallel.cuts import shard, split_of
 from .parallel.groups import init_distributed, init_groups
 from .parallel.layout import Layout
@@ -63,8 +63,36 @@ def batch_fingerprint(images: torch.Tensor, texts: torch.Tensor) -> str:
 
 
 def uses_triton(cfg: RunConfig) -> bool:
-    """train.kernels: "triton", or "auto" on a GPU."""
-    return cfg.train.kernels == "triton" or (cfg.train.kernels == "auto" and torch.cuda.is_available())
+    """Whether every attention call runs the Triton kernel whatever its shape: train.kernels=triton. Then each
+    tower's head dim must fit the kernel (check_kernel_head_dims). Under auto the kernels are picked per op and
+    shape class from a recorded benchmark (kernels/auto.py) and never for a head dim the kernel cannot take, so
+    auto needs no check; without a record (and on CPUs) auto is SDPA + the torch loss."""
+    return cfg.train.kernels == "triton"
+
+
+def kernel_choice(kernels: str, device: torch.device, global_batch: int) -> dict:
+    """{"attention": backend for pretrain.model.set_backend, "loss": "triton" | "torch", "record": GPU model or
+    None} for train.kernels. auto activates this GPU model's record in kernels/records.json (SDPA and the torch
+    loss for every shape class it does not name, and everywhere without one)."""
+    if kernels != "auto":
+        impl = "triton" if kernels == "triton" else "torch"
+        return {"attention": impl, "loss": impl, "record": None}
+    from kernels import auto, triton_available
+    record = auto.record_for(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    tables = auto.choose(record) if record and triton_available() else {"attention": {}, "loss": {}}
+    auto.activate(tables)
+    return {"attention": "auto" if "triton" in tables["attention"].values() else "torch",
+            "loss": auto.loss_impl(global_batch), "record": auto.gpu_model(torch.cuda.get_device_name(device))
+            if record else None}
+
+
+def compile_mode(value) -> str:
+    """train.compile as "auto" | "on" | "off" (YAML turns on/off into booleans)."""
+    mode = {None: "auto", True: "on", False: "off"}.get(value, value) if isinstance(value, (bool, type(None))) \
+        else str(value).lower()
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"train.compile must be auto, on or off, got {value!r}")
+    return mode
 
 
 def check_kernel_head_dims(arch: Architecture) -> None:
@@ -76,6 +104,23 @@ def check_kernel_head_dims(arch: Architecture) -> None:
             raise ConfigError(f"model {name}.head_dim is {t.attn_head_dim} (width {t.width}, heads {t.heads}, "
                               f"head_dim {t.head_dim}); the Triton attention kernel takes at most {MAX_HEAD_DIM}: "
                               f"add heads, or set train.kernels=torch")
+
+
+def _partition(full: torch.Tensor, param) -> torch.Tensor:
+    """This rank's ZeRO-3 partition of a full (TP-local) tensor, as DeepSpeed lays out `param.ds_tensor`: the
+    flattened tensor zero-padded to world x partition size, the rank's slice."""
+    size = param.ds_tensor.numel()
+    flat = full.detach().float().flatten()
+    flat = torch.cat([flat, flat.new_zeros(size * param.ds_zero_partition_world_size - flat.numel())])
+    start = size * dist.get_rank(group=param.ds_process_group)
+    return flat[start:start + size].to(param.ds_tensor.device).clone()
+
+
+def _unpartition(part: torch.Tensor, param) -> torch.Tensor:
+    """The full (TP-local) tensor from every rank's ZeRO-3 partition (collective over the partition group)."""
+    parts = [torch.empty_like(part) for _ in range(param.ds_zero_partition_world_size)]
+    dist.all_gather(parts, part.contiguous(), group=param.ds_process_group)
+    return torch.cat(parts)[:param.ds_numel].view(param.ds_shape)
 
 
 class Trainer:
@@ -116,11 +161,18 @@ class Trainer:
         self.reads_data = self.pp_rank == 0  # only the first stage feeds the pipeline
         self.device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
                        else torch.device("cpu"))
-        self.use_triton = uses_triton(cfg)
+        self.kernels = kernel_choice(cfg.train.kernels, self.device, cfg.train.micro_batch * self.layout.dp)
+        self.use_triton = self.kernels["loss"] == "triton"
         self.loss_fn = ContrastiveLoss(self.dp_group, self.use_triton)  # fp32, gathered over data parallelism
-        set_backend("triton" if self.use_triton else "torch")
-        if self.use_triton:
+        set_backend(self.kernels["attention"])
+        if uses_triton(cfg):
             check_kernel_head_dims(self.arch)
+        self.compiled = self._compile_wanted(compile_mode(cfg.train.compile),
+                                             ds_config.get("zero_optimization", {}).get("stage", 0))
+        try:
+            self.optimizer_kind = optimizer_kind(cfg.train.optimizer, self.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
 
         torch.manual_seed(cfg.train.seed)  # identical full initial weights on every rank, then each takes its shard
         model = CLIP(self.arch)
@@ -133,8 +185,8 @@ class Trainer:
                 print(describe(self.arch, self.layout.pp), flush=True)
             model = CLIPPipeline(model, topology, self.loss_fn)
             mpu = None  # the pipeline engine takes its groups from the module's topology (same ranks)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                      betas=cfg.train.betas, eps=cfg.train.eps)
+        optimizer = build_optimizer(model, self.optimizer_kind, cfg.train.lr, cfg.train.betas, cfg.train.eps,
+                                    cfg.train.weight_decay)
         scheduler = cosine_with_warmup(optimizer, cfg.train.warmup, cfg.train.steps, cfg.train.lr, cfg.train.min_lr)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=ds_config, mpu=mpu)
@@ -145,15 +197,45 @@ class Trainer:
                                   seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                                   max_pixels=cfg.data.max_pixels, scale=(cfg.data.crop_scale_min, 1.0),
                                   order=cfg.data.order)
-        self.ema = EMA(cfg.train.ema_decay)
+        self.ema = EMA(cfg.train.ema_decay, cfg.train.ema_warmup)
         self.step = 0
         self.samples_seen = 0  # training pairs consumed over the whole run, through every growth
         self.growth_history: list = []
         self._fingerprints: list[str] = []
+        self._pending: list[dict] = []  # this run's records whose loss is still on the device (see _flush)
+        self._window: list[float] = []  # flushed losses since the last logging step
+        self._bar = None
         if resume_dir:
             self._restore(resume_dir, client)
+        self.ema.bind(self._ema_sources())  # bound once: the EMA update is two multi-tensor calls per step
+        if self.compiled:
+            self._compile()
+        if self.rank == 0:
+            print(f"trainer: kernels attention={self.kernels['attention']} loss={self.kernels['loss']} (record: "
+                  f"{self.kernels['record'] or 'none'}), compile={'on' if self.compiled else 'off'}, optimizer="
+                  f"{self.optimizer_kind}, fingerprints={'on' if cfg.train.fingerprints else 'off'}", flush=True)
 
     # ---- set-up checks --------------------------------------------------------------------------------
+    def _compile_wanted(self, mode: str, zero_stage: int) -> bool:
+        """auto: on for CUDA at pp = 1 below ZeRO-3. The pipeline schedule and ZeRO-3's per-module parameter
+        hooks are not traced whole; `on` there is a config error rather than a run with graph breaks."""
+        if mode == "off":
+            return False
+        supported = self.layout.pp == 1 and zero_stage < 3
+        if mode == "on" and not supported:
+            raise ConfigError(f"train.compile=on needs parallel.pp=1 and ZeRO 0-2 (this run: pp={self.layout.pp}, "
+                              f"ZeRO-{zero_stage}); use train.compile=off or auto")
+        return supported and (mode == "on" or self.device.type == "cuda")
+
+    def _compile(self) -> None:
+        """torch.compile of the model's forward and of the loss, each one graph (fullgraph: a graph break is an
+        error), the Triton kernels included as custom ops. The module's own forward is compiled, not the engine
+        call: DeepSpeed's forward hooks (timers, ZeRO bookkeeping) stay eager around it, and parameter names and
+        the module's state dict are unchanged. Shapes are static (dynamic=False): one graph per micro-batch shape."""
+        module = self.engine.module
+        module.forward = torch.compile(module.forward, fullgraph=True, dynamic=False)
+        self.loss_fn = torch.compile(self.loss_fn.__call__, fullgraph=True, dynamic=False)
+
     def _check_compatible(self, client: dict | None) -> None:
         if self.arch.text.vocab != self.tokenizer.vocab_size:
             raise ConfigError(f"model text.vocab={self.arch.text.vocab} but the tokenizer "
@@ -177,40 +259,94 @@ class Trainer:
         self.growth_history = list(client.get("growth_history", []))
         if client.get("ema"):
             ema = client["ema"]
-            mine = {n for n, _ in self.engine.module.named_parameters()}  # this stage's share
-            self.ema.load_state_dict({"decay": ema["decay"], "shadow": {
-                n: shard(v, split_of(n), self.tp_rank, self.layout.tp) for n, v in ema["shadow"].items()
-                if n in mine}})
+            mine = dict(self.engine.module.named_parameters())  # this stage's share
+            zero3 = self.engine.zero_optimization_stage() == 3
+            shadow = {}
+            for n, v in ema["shadow"].items():
+                if n in mine:
+                    v = shard(v, split_of(n), self.tp_rank, self.layout.tp)
+                    shadow[n] = _partition(v, mine[n]) if zero3 else v
+            # a checkpoint from before the EMA warm-up has no "t": its EMA took one update per step
+            self.ema.load_state_dict({**ema, "shadow": shadow}, step=client["step"])
         if client.get("data"):  # one position per data-parallel rank; the loader picks its own, or warns and
             self.loader.load_state_dict(client["data"])  # starts the next epoch if the data layout changed
 
     # ---- the loop ---------------------------------------------------------------------------------------
-    def _full_params(self):
-        module = self.engine.module
+    def _ema_sources(self) -> list[tuple[str, torch.Tensor]]:
+        """The tensors this rank holds and the optimizer updates in place: its module parameters (its TP shard of
+        its stage), under ZeRO-3 its partition of each (`ds_tensor`, flat)."""
+        named = self.engine.module.named_parameters()
         if self.engine.zero_optimization_stage() == 3:
-            params = list(module.parameters())
-            with deepspeed.zero.GatheredParameters(params):
-                return [(n, p.detach().clone()) for n, p in module.named_parameters()]
-        return list(module.named_parameters())
+            return [(n, p.ds_tensor) for n, p in named]
+        return list(named)
+
+    def _ema_state(self) -> dict:
+        """The full EMA with canonical names (collective over DP under ZeRO-3, and over TP and PP)."""
+        local = self.ema.shadow.items()
+        if self.engine.zero_optimization_stage() == 3:
+            params = dict(self.engine.module.named_parameters())
+            local = [(n, _unpartition(v, params[n])) for n, v in local]
+        return {"decay": self.ema.decay, "t": self.ema.t,
+                "shadow": full_state(local, self.arch.text.vocab, self.tp_group, self.pp_group)}
 
     def _next_batch(self, it) -> tuple[torch.Tensor, torch.Tensor]:
         images, texts = next(it)
-        self._fingerprints.append(batch_fingerprint(images, texts))
+        if self.cfg.train.fingerprints:
+            self._fingerprints.append(batch_fingerprint(images, texts))
         return images.to(self.device, self.dtype), texts.to(self.device)
 
-    def _step(self, it) -> float:
-        """One optimizer step (grad_accum micro-batches); returns the loss averaged over them and over DP."""
+    def _step(self, it) -> torch.Tensor:
+        """One optimizer step (grad_accum micro-batches). Returns, without a host sync, this rank's loss averaged
+        over the micro-batches as a device tensor (at pp > 1 the pipeline's loss, already averaged over DP)."""
         if self.layout.pp > 1:  # the pipeline engine runs its schedule; the loss arrives on every rank
-            return self.engine.train_batch(data_iter=it).item()
+            return self.engine.train_batch(data_iter=it).detach().clone()
         losses = []
         for _ in range(self.cfg.train.grad_accum):
             loss = self.loss_fn(self.engine(*self._next_batch(it)))
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach())
-        loss = torch.stack(losses).mean()
-        dist.all_reduce(loss, group=self.dp_group)
-        return loss.item() / self.layout.dp
+        return torch.stack(losses).mean()
+
+    def train_step(self, it) -> dict:
+        """The hot path of one step: optimizer step, EMA update, the step's record. Nothing here waits for the
+        device: the record's loss (and grad norm) stay tensors until `_flush` at the next logging step."""
+        self._fingerprints = []
+        loss = self._step(it)
+        self.step += 1
+        self.ema.update()
+        norm = self.engine.get_global_grad_norm()
+        record = {"step": self.step, "loss": loss, "lr": self.engine.get_lr()[0],
+                  "grad_norm": norm.detach().clone() if torch.is_tensor(norm) else norm}
+        if self.cfg.train.fingerprints:  # ranks that do not read data (later stages) give []
+            all_fps = [None] * dist.get_world_size()
+            dist.all_gather_object(all_fps, self._fingerprints)
+            record["batches"] = all_fps
+        self._pending.append(record)
+        return record
+
+    def _flush(self) -> list[dict]:
+        """Resolve the pending records: one all-reduce of their losses over DP and one copy to the host."""
+        records, self._pending = self._pending, []
+        if not records:
+            return records
+        losses = torch.stack([r["loss"].float().reshape(()) for r in records])
+        if self.layout.pp == 1:
+            dist.all_reduce(losses, group=self.dp_group)
+        values = losses.tolist()
+        for r, v in zip(records, values):
+            r["loss"] = v / self.layout.dp if self.layout.pp == 1 else v
+            if r["grad_norm"] is not None:
+                r["grad_norm"] = float(r["grad_norm"])
+        self._window += [r["loss"] for r in records]
+        if self.rank == 0:  # one record per step, written at the logging (or saving) step
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+            if self._bar is not None:
+                self._bar.update(len(records))
+                self._bar.set_postfix(loss=f"{records[-1]['loss']:.4f}")
+        return records
 
     def _pipeline_feed(self, it):
         """(inputs, labels) per micro-batch, as PipelineEngine reads them: the first stage feeds the batch, the
@@ -227,36 +363,25 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(self.out / "tb"))
             (self.out / "run_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
+        bar = self._bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train",
+                               dynamic_ncols=True)
         it = self._pipeline_feed(iter(self.loader)) if self.layout.pp > 1 else iter(self.loader)
-        history, window, t0 = [], [], time.time()
+        history, self._window, t0 = [], [], time.time()
         samples_per_step = cfg.micro_batch * cfg.grad_accum * self.layout.dp
         peak = next((v for k, v in PEAK_TFLOPS.items() if self.device.type == "cuda"
                      and k in torch.cuda.get_device_name()), 0.0)
         last = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
         while self.step < last:
-            self._fingerprints = []
-            loss = self._step(it)
-            self.step += 1
+            record = self.train_step(it)  # loss still on the device
             self.samples_seen += samples_per_step
-            self.ema.update(self._full_params())
-            all_fps = [None] * dist.get_world_size()  # ranks that do not read data (later stages) give []
-            dist.all_gather_object(all_fps, self._fingerprints)
-            norm = self.engine.get_global_grad_norm()
-            record = {"step": self.step, "samples": self.samples_seen, "data_samples": self.data_samples,
-                      "gflops": self.gflops, "params": self.params, "loss": loss, "lr": self.engine.get_lr()[0],
-                      "grad_norm": None if norm is None else float(norm), "batches": all_fps}
+            record.update({"samples": self.samples_seen, "data_samples": self.data_samples,
+                           "gflops": self.gflops, "params": self.params})
             history.append(record)
-            window.append(loss)
-            if self.step % cfg.log_every == 0 or self.step == last:
+            if self.step % cfg.log_every == 0 or self.step == last:  # the loop's host syncs: here and in save()
                 record["skipped"], record["logit_scale"] = self._skipped(), self._logit_scale()
-                self._log(writer, window, time.time() - t0, samples_per_step, peak, record)
-                window, t0 = [], time.time()
-            if self.rank == 0:
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
+                self._flush()
+                self._log(writer, self._window, time.time() - t0, samples_per_step, peak, record)
+                self._window, t0 = [], time.time()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._evaluate(writer)
             if self.cfg.data.refresh_every and self.step % self.cfg.data.refresh_every == 0:
@@ -266,6 +391,7 @@ class Trainer:
             if self.data_grew:
                 break
         bar.close()
+        self._bar = None
         if writer:
             writer.close()
         return history
@@ -358,12 +484,12 @@ class Trainer:
                 f.write(json.dumps({"step": self.step, **results}) + "\n")
 
     def save(self) -> Path:
+        self._flush()  # the metrics of every step up to the checkpoint are written before it
         states = [None] * dist.get_world_size()
         dist.all_gather_object(states, (self.reads_data, self.dp_rank, self.loader.state_dict()))
         # one position per data-parallel rank, from the ranks that read data
         data = [s for _, s in sorted({dp: s for reads, dp, s in states if reads}.items())]
-        ema = {"decay": self.ema.decay,
-               "shadow": full_state(self.ema.shadow.items(), self.arch.text.vocab, self.tp_group, self.pp_group)}
+        ema = self._ema_state()
         client = {"architecture": self.arch.to_dict(), "step": self.step, "data": data,
                   "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
                   "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.layout.dp},

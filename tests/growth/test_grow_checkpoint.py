@@ -98,7 +98,7 @@ def test_training_resumes_from_the_grown_checkpoint(source_run, grown, tiny_data
     steps = 6 if nproc == 2 else 1
     run = tmp_path / "run"
     launch(run, tiny_data, f"train.steps={SOURCE_STEPS + steps}", "train.lr=0.002", "train.warmup=1",
-           nproc=nproc, resume=str(grown), extra_args=("--tp", str(tp), "--pp", str(pp)),
+           "train.fingerprints=true", nproc=nproc, resume=str(grown), extra_args=("--tp", str(tp), "--pp", str(pp)),
            ds_config="ds_configs/zero1.json" if pp > 1 else "ds_configs/zero2.json")
     m = metrics(run)
     first = m[SOURCE_STEPS + 1]

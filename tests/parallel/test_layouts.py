@@ -8,7 +8,7 @@ from tests.conftest import launch, metrics, to_universal
 
 pytestmark = pytest.mark.slow
 GLOBAL_BATCH, STEPS = 16, 3
-COMMON = ("data.order=global", "data.workers=0", f"train.steps={STEPS}")
+COMMON = ("data.order=global", "data.workers=0", f"train.steps={STEPS}", "train.fingerprints=true")  # "batches"
 
 
 def run(out, data, tp, pp, dp, *overrides, resume=None):

@@ -14,22 +14,37 @@ N = 3
 
 @pytest.fixture(scope="module")
 def runs(tiny_data, tmp_path_factory):
-    """One 2N-step run, and an N-step run of the same config (fp32, ZeRO-2, 2 ranks, 1 loader worker each)."""
+    """One 2N-step run with batch fingerprints, and an N-step run of the same config without them (fp32, ZeRO-2,
+    2 ranks, 1 loader worker each)."""
     base = tmp_path_factory.mktemp("runs")
-    launch(base / "full", tiny_data, f"train.steps={2 * N}")
+    launch(base / "full", tiny_data, f"train.steps={2 * N}", "train.fingerprints=true")
     launch(base / "half", tiny_data, f"train.steps={2 * N}", f"train.stop_after={N}")
     return base
 
 
 def test_exact_resume_matches_uninterrupted_run(runs, tiny_data):
-    launch(runs / "resumed", tiny_data, f"train.steps={2 * N}", resume=str(runs / "half"))
+    launch(runs / "resumed", tiny_data, f"train.steps={2 * N}", "train.fingerprints=true", resume=str(runs / "half"))
     full, resumed = metrics(runs / "full"), metrics(runs / "resumed")
     assert sorted(resumed) == list(range(N + 1, 2 * N + 1))
     for step in resumed:
         assert resumed[step]["batches"] == full[step]["batches"], f"data order differs at step {step}"
         assert abs(resumed[step]["loss"] - full[step]["loss"]) <= 1e-6, step
-    half = metrics(runs / "half")
-    assert all(half[s]["loss"] == full[s]["loss"] for s in range(1, N + 1))
+    # the EMA travels too: its update count (warm-up) and weights
+    ema_full, ema_resumed = (ckpt.read_client_state(r / "checkpoints" / f"step{2 * N:08d}")["ema"]
+                             for r in (runs / "full", runs / "resumed"))
+    assert ema_full["t"] == ema_resumed["t"] == 2 * N
+    assert all(torch.allclose(ema_full["shadow"][k], ema_resumed["shadow"][k], rtol=0, atol=1e-6)
+               for k in ema_full["shadow"])
+
+
+def test_fingerprints_off_changes_nothing(runs):
+    """The first N steps of the run without fingerprints ("half") are those of the run with them, bit for bit; the
+    fingerprints are only logged when asked for."""
+    full, half = metrics(runs / "full"), metrics(runs / "half")
+    for s in range(1, N + 1):
+        assert (half[s]["loss"], half[s]["grad_norm"], half[s]["lr"]) == (full[s]["loss"], full[s]["grad_norm"],
+                                                                          full[s]["lr"]), s
+        assert "batches" not in half[s] and len(full[s]["batches"]) == 2
 
 
 def test_universal_checkpoint_resume(runs, tiny_data):
@@ -47,12 +62,21 @@ def test_universal_checkpoint_resume(runs, tiny_data):
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_stage_trains(tiny_data, tmp_path, stage):
-    launch(tmp_path, tiny_data, "train.steps=8", "train.lr=0.002", "train.warmup=1",
+    """It learns at every ZeRO stage, and the EMA that each rank keeps of its own weights (under ZeRO-3 of its
+    partitions) is saved whole: with ema_decay=0 it is the final weights exactly."""
+    launch(tmp_path, tiny_data, "train.steps=8", "train.lr=0.002", "train.warmup=1", "train.ema_decay=0.0",
            ds_config=f"ds_configs/zero{stage}.json")
     m = metrics(tmp_path)
     first, last = (m[1]["loss"] + m[2]["loss"]) / 2, (m[7]["loss"] + m[8]["loss"]) / 2
     assert last < first - 0.05, (stage, first, last)
     assert (tmp_path / "checkpoints" / "latest").is_file()
+    tag = tmp_path / "checkpoints" / "step00000008"
+    states = tag / (ckpt.MODEL_STATES if stage < 3 else "zero_pp_rank_0_" + ckpt.MODEL_STATES)  # ZeRO-3's name
+    ema = torch.load(states, map_location="cpu", weights_only=True)[ckpt.CLIENT_KEY]["ema"]
+    weights = ckpt.full_state_dict(tag)
+    assert ema["t"] == 8 and ema["shadow"].keys() == weights.keys()
+    for k, w in weights.items():
+        assert ema["shadow"][k].shape == w.shape and torch.equal(ema["shadow"][k], w.float()), (stage, k)
 
 
 def test_bad_config_stops_before_training(tiny_data, tmp_path):
