@@ -1,9 +1,10 @@
 """The growth search: grow every candidate from the current checkpoint with PIM, proxy-train it for K steps on
 the grown data D_t (carrying its optimizer state), score it on a held-out slice of D_t, and rank.
 
-- **Data.** One deterministic stream over D_t (seed `seed`, one reader, no workers): its first K batches
-  proxy-train every candidate, the next H batches are the held-out slice. They are disjoint as long as
-  (K + H)·batch <= |D_t| (the search refuses otherwise). Every candidate sees the same batches.
+- **Data.** One deterministic stream over D_t (seed `seed`; each batch is drawn from 8 disjoint shard streams,
+  no workers): its first K batches proxy-train every candidate, the next H batches are the held-out slice.
+  They are disjoint as long as (K + H)·batch <= |D_t| (the search refuses otherwise). Every candidate sees the
+  same batches.
 - **Proxy training.** A single-device CLIP(target), weights and Adam moments grown from the source by the
   growth operators and PIM (exactly what `grow_checkpoint` writes), torch AdamW with the run's betas, eps and
   weight decay, at the run's learning rate at the growth step, held constant; the Adam step counter continues.
@@ -40,6 +41,8 @@ from .pim import PIM, fresh_init
 from .plan import plan_growth
 from .summary import parameter_counts
 from .transform import grow_parameter, source_of
+
+MIX = 8  # streams a proxy batch is drawn from
 
 
 @dataclass(frozen=True)
@@ -99,16 +102,22 @@ class Source:
 
 
 def proxy_data(shards: list[str], tokenizer: Tokenizer, image_size: int, cfg: SearchConfig, samples: int):
-    """(train batches, held-out batches): consecutive batches of one seeded stream over D_t."""
+    """(train batches, held-out batches): consecutive batches of one seeded stream over D_t. Each batch joins
+    the next rows of MIX disjoint streams (the loader's own split of the shards), so that it holds samples of
+    several shards, old and new, not the first shard or two of one sequential reader."""
     need = (cfg.proxy_steps + cfg.heldout_batches) * cfg.proxy_batch
     if samples and need > samples:
         raise GrowthError(f"the search needs {need} distinct samples ((proxy_steps {cfg.proxy_steps} + "
                           f"heldout_batches {cfg.heldout_batches}) x proxy_batch {cfg.proxy_batch}) but the data "
                           f"has {samples}")
-    loader = TrainLoader(shards, tokenizer, image_size, cfg.proxy_batch, dp_rank=0, dp_world=1, workers=0,
-                         seed=cfg.seed, shuffle_buffer=max(cfg.proxy_batch * 4, 256))
-    it = iter(loader)
-    batches = [next(it) for _ in range(cfg.proxy_steps + cfg.heldout_batches)]
+    mix = next(m for m in range(min(MIX, len(shards), cfg.proxy_batch), 0, -1) if cfg.proxy_batch % m == 0)
+    streams = [iter(TrainLoader(shards, tokenizer, image_size, cfg.proxy_batch // mix, dp_rank=i, dp_world=mix,
+                                workers=0, seed=cfg.seed, shuffle_buffer=4 * cfg.proxy_batch // mix))
+               for i in range(mix)]
+    batches = []
+    for _ in range(cfg.proxy_steps + cfg.heldout_batches):
+        parts = [next(it) for it in streams]
+        batches.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
     return batches[:cfg.proxy_steps], batches[cfg.proxy_steps:]
 
 

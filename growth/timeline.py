@@ -112,9 +112,10 @@ def plot(run: Path, out: Path) -> Path:
             ax.axvspan(lo, hi, color="tab:red", alpha=0.08, lw=0)
             ax.text((lo + hi) / 2, 0.02, "search", ha="center", fontsize=7, color="tab:red",
                     transform=ax.get_xaxis_transform())
-        for x, text in c["growths"]:
+        for k, (x, text) in enumerate(c["growths"]):  # labels at alternating heights, so neighbours do not collide
             ax.axvline(x, color="tab:red", lw=0.8, ls="--")
-            ax.text(x, 0.93, " " + text, va="top", fontsize=7, color="tab:red", transform=ax.get_xaxis_transform())
+            ax.text(x, 0.93 - 0.1 * (k % 2), " " + text, va="top", fontsize=7, color="tab:red",
+                    transform=ax.get_xaxis_transform())
         ax.set_xlabel(labels[axis])
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
