@@ -146,6 +146,7 @@ class Trainer:
         ds_config = prepare_ds_config(ds_config, cfg, universal=bool(resume_dir and ckpt.is_universal(resume_dir)))
         self.shards = load_shards(cfg.data.shards)
         self.data_samples = count_samples(self.shards)  # |D|, from the manifests
+        self.data_samples_first = (client or {}).get("data_samples_first", self.data_samples)  # growth's reference
         self.grow_at_samples, self.data_grew = grow_at_samples, False
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -410,7 +411,9 @@ class Trainer:
         dist.broadcast_object_list(answer, src=0)
         if answer[0] is None or len(answer[0]) == len(self.shards):
             return
-        self.loader.add_shards(answer[0])
+        epoch = torch.tensor([self.loader.epoch], dtype=torch.int64, device=self.device)  # ranks agree when it joins
+        dist.all_reduce(epoch, op=dist.ReduceOp.MAX, group=self.dp_group)
+        self.loader.add_shards(answer[0], epoch=int(epoch.item()))
         self.shards, self.data_samples = answer[0], count_samples(answer[0])
         if self.rank == 0:
             print(f"step {self.step}: the data grew to {len(self.shards)} shards, {self.data_samples} samples",
@@ -494,6 +497,7 @@ class Trainer:
                   "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
                   "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.layout.dp},
                   "growth_history": self.growth_history, "run_config": self.cfg.to_dict(),
-                  "samples": self.samples_seen, "data_samples": self.data_samples}
+                  "samples": self.samples_seen, "data_samples": self.data_samples,
+                  "data_samples_first": self.data_samples_first}
         return ckpt.save(self.engine, self.out / "checkpoints", self.step, client, self.uc_info,
                          self.tokenizer.model_path)
