@@ -100,7 +100,8 @@ def loss_impl(batch: int) -> str:
 def decide(bench: dict) -> dict:
     """A record from a `kernels.bench` result: per attention shape, triton if ours beat every SDPA backend that
     ran; per loss batch, triton if ours was faster than OpenCLIP's ClipLoss at every D measured (or ClipLoss did
-    not run, e.g. out of memory, and ours did)."""
+    not run, e.g. out of memory, and ours did), judged on the fp32-feature rows when there are any (the trainer
+    calls the loss on fp32 features)."""
     attention, loss = {}, {}
     for r in bench.get("attention", []):
         cls = attention_class(r["N"], r["D"], r["causal"])
@@ -110,10 +111,13 @@ def decide(bench: dict) -> dict:
         ours = [x["ms"] for x in rows if x["impl"] == "ours" and "ms" in x]
         sdpa = [x["ms"] for x in rows if x["impl"].startswith("sdpa") and "ms" in x]
         attention[cls] = "triton" if ours and (not sdpa or ours[0] < min(sdpa)) else "sdpa"
-    for b in sorted({r["B"] for r in bench.get("loss", [])}):
+    rows = bench.get("loss", [])
+    if any(r.get("dtype") == "fp32" for r in rows):  # the trainer passes fp32 features: judge on those
+        rows = [r for r in rows if r.get("dtype") == "fp32"]
+    for b in sorted({r["B"] for r in rows}):
         wins = []
-        for d in sorted({r["D"] for r in bench["loss"] if r["B"] == b}):
-            ms = {x["impl"]: x.get("ms") for x in bench["loss"] if (x["B"], x["D"]) == (b, d)}
+        for d in sorted({r["D"] for r in rows if r["B"] == b}):
+            ms = {x["impl"]: x.get("ms") for x in rows if (x["B"], x["D"]) == (b, d)}
             wins.append(ms.get("ours") is not None and (ms.get("open_clip") is None or ms["ours"] < ms["open_clip"]))
         loss[loss_class(b)] = "triton" if wins and all(wins) else "torch"
     return {"device": bench.get("device"), "date": bench.get("date"), "torch": bench.get("torch"),

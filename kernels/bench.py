@@ -1,15 +1,19 @@
 """Benchmark the kernels against their baselines on one CUDA GPU, in one process and one run.
 
-    python -m kernels.bench [--out FILE]
+    python -m kernels.bench [--out FILE] [--record FILE]
 
 Attention (bf16, fwd+bwd): ours vs each available SDPA backend (cuDNN, flash, efficient) at
 ViT-B/16 (256x12x197x64), ViT-L/14 (128x16x257x64) and text (512x8x77x64, causal).
 FLOP convention: forward 4*B*H*N*N*D (two matmuls), halved when causal; fwd+bwd = 3.5 x forward
 (the backward's five matmuls = 2.5 x forward, recomputation not counted).
 CLIP loss (bf16 features, fwd+bwd): ours vs open_clip.loss.ClipLoss at B in {16384, 32768, 65536},
-D in {512, 768}. Times are triton.testing.do_bench medians after warm-up (ms) on random inputs;
-memory is the peak allocated during one fwd+bwd minus what was allocated before it (GiB).
-Without CUDA it prints a message and exits 0.
+D in {512, 768}, and with fp32 features at D = 512 (what the trainer passes: pretrain/loss.py casts to fp32; our
+kernel then runs TF32 dots, kernels/contrastive.py DOT_PRECISION). Times are triton.testing.do_bench medians after
+warm-up (ms) on random inputs; memory is the peak allocated during one fwd+bwd minus what was allocated before it
+(GiB). `--record FILE` writes what `train.kernels=auto` should pick on this GPU model (kernels/auto.py `decide`:
+per attention shape class ours only if faster than every SDPA backend; per loss batch class ours only if faster
+than ClipLoss at every D, judged on the fp32 rows); merge it into kernels/records.json with
+`python -m kernels.auto --merge FILE`. Without CUDA it prints a message and exits 0.
 """
 import argparse
 import datetime
@@ -24,7 +28,9 @@ ATTENTION_SHAPES = {  # name: (B, H, N, D, causal)
     "vit_l14": (128, 16, 257, 64, False),
     "text": (512, 8, 77, 64, True),
 }
-LOSS_SHAPES = [(b, d) for b in (16384, 32768, 65536) for d in (512, 768)]
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+LOSS_SHAPES = [(b, d, "bf16") for b in (16384, 32768, 65536) for d in (512, 768)] + \
+    [(b, 512, "fp32") for b in (16384, 32768, 65536)]
 
 
 def _measure(fn):
@@ -84,13 +90,13 @@ def bench_loss():
 
     openclip = ClipLoss()
     rows = []
-    for B, D in LOSS_SHAPES:
-        image, text = (F.normalize(torch.randn(B, D, device="cuda"), dim=-1).bfloat16()
-                       .requires_grad_() for _ in range(2))
+    for B, D, dtype in LOSS_SHAPES:
+        image, text = (F.normalize(torch.randn(B, D, device="cuda"), dim=-1).to(DTYPES[dtype]).requires_grad_()
+                       for _ in range(2))
         scale = torch.tensor(30.0, device="cuda", requires_grad=True)
         for impl, loss_fn in (("ours", clip_loss), ("open_clip", openclip)):
             fn = lambda: torch.autograd.grad(loss_fn(image, text, scale), (image, text, scale))  # noqa: E731
-            rows.append(dict(B=B, D=D, impl=impl, **_measure(fn)))
+            rows.append(dict(B=B, D=D, dtype=dtype, impl=impl, **_measure(fn)))
         image = text = None  # freed before the next shape
     return rows
 
@@ -111,11 +117,11 @@ def _summary(result):
         sdpa = [v for k, v in ms.items() if k.startswith("sdpa_")]
         if "ours" in ms and sdpa:
             out[f"attention_{name}_speedup_vs_best_sdpa"] = round(min(sdpa) / ms["ours"], 2)
-    for B, D in LOSS_SHAPES:
-        r = {x["impl"]: x for x in result["loss"] if (x["B"], x["D"]) == (B, D) and "ms" in x}
+    for B, D, dtype in LOSS_SHAPES:
+        r = {x["impl"]: x for x in result["loss"] if (x["B"], x["D"], x["dtype"]) == (B, D, dtype) and "ms" in x}
         if len(r) == 2:
-            out[f"loss_B{B}_D{D}_time_ratio"] = round(r["ours"]["ms"] / r["open_clip"]["ms"], 3)
-            out[f"loss_B{B}_D{D}_memory_ratio"] = round(
+            out[f"loss_B{B}_D{D}_{dtype}_time_ratio"] = round(r["ours"]["ms"] / r["open_clip"]["ms"], 3)
+            out[f"loss_B{B}_D{D}_{dtype}_memory_ratio"] = round(
                 r["ours"]["peak_gib"] / max(r["open_clip"]["peak_gib"], 1e-9), 4)
     return out
 
@@ -123,6 +129,7 @@ def _summary(result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="also write the JSON results to this file")
+    parser.add_argument("--record", help="write this GPU model's train.kernels=auto record to this file")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench: no CUDA device, nothing to benchmark "
@@ -139,13 +146,18 @@ def main(argv=None):
     result["summary"] = _summary(result)
     _print_table("attention fwd+bwd (bf16)", result["attention"],
                  ["shape", "impl", "ms", "tflops", "peak_gib"])
-    _print_table("CLIP loss fwd+bwd (bf16 features)", result["loss"],
-                 ["B", "D", "impl", "ms", "peak_gib"])
+    _print_table("CLIP loss fwd+bwd", result["loss"], ["B", "D", "dtype", "impl", "ms", "peak_gib"])
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
+    if args.record:
+        from kernels.auto import decide, gpu_model
+        record = {"format": 1, "records": {gpu_model(result["device"]): decide(result)}}
+        with open(args.record, "w") as f:
+            f.write(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        print(f"kernels.bench: auto record for {gpu_model(result['device'])} -> {args.record}")
     return 0
 
 

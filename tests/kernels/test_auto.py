@@ -79,6 +79,26 @@ def test_decide_from_a_bench_result():
     record = auto.decide(bench)
     assert record["attention"] == {"n224_d64": "triton", "n96_d64_causal": "sdpa"}
     assert record["loss"] == {"b16384": "triton", "b65536": "triton"}
+    # with fp32-feature rows (what the trainer passes) the loss is judged on those alone
+    bench["loss"] += [dict(B=16384, D=512, dtype="fp32", impl="ours", ms=9.0),
+                      dict(B=16384, D=512, dtype="fp32", impl="open_clip", ms=8.0)]
+    assert auto.decide(bench)["loss"] == {"b16384": "torch"}
+
+
+def test_bench_summary_and_decision():
+    """kernels.bench's summary and --record on a canned result (the GPU parts replaced)."""
+    from kernels import bench
+    result = {"device": "NVIDIA H200", "date": "d", "torch": "t", "triton": "x",
+              "attention": [dict(shape="vit_b16", N=197, D=64, causal=False, impl="ours", ms=1.0),
+                            dict(shape="vit_b16", N=197, D=64, causal=False, impl="sdpa_cudnn", ms=2.0)],
+              "loss": [dict(B=65536, D=512, dtype="fp32", impl="ours", ms=50.0, peak_gib=0.1),
+                       dict(B=65536, D=512, dtype="fp32", impl="open_clip", ms=100.0, peak_gib=40.0)]}
+    summary = bench._summary(result)
+    assert summary["attention_vit_b16_speedup_vs_best_sdpa"] == 2.0
+    assert summary["loss_B65536_D512_fp32_time_ratio"] == 0.5
+    assert summary["loss_B65536_D512_fp32_memory_ratio"] == 0.0025
+    record = auto.decide({**result, "summary": summary})
+    assert record["attention"] == {"n224_d64": "triton"} and record["loss"] == {"b65536": "triton"}
 
 
 def test_model_attention_follows_the_active_tables(monkeypatch):
