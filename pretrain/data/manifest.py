@@ -11,7 +11,8 @@ Sample counts (`load_shards_with_counts`, `count_samples`) come from the manifes
 reached without one (a bare .tar, a brace pattern, a manifest entry without "samples") takes its count from
 the manifest.json next to it if that lists it with "samples", else from one scan of its tar headers (data is
 seeked over): the number of webdataset samples, i.e. runs of members with the same key. A damaged tar counts
-the samples before the damage, with a warning.
+the samples before the damage, with a warning. `shard_sample_counts(paths)` does the latter two for tar paths
+(the loader's list, no spec parsing).
 
 Data stages D1 ⊆ D2 ⊆ ... (`load_stages`): each stage is a spec; every stage must name at least one shard
 and keep every shard of the stage before (same normalised real path, counted with multiplicity), else
@@ -145,6 +146,17 @@ def load_shards_with_counts(spec: str | os.PathLike | list) -> list[tuple[str, i
             samples = _sibling_count(path, cache)
         out.append((path, count_tar_samples(path) if samples is None else samples))
     return out
+
+
+def shard_sample_counts(paths: list[str]) -> list[int]:
+    """Samples of each tar path, taken as a path (no spec parsing: a comma or brace in a name is literal): the
+    "samples" of the manifest.json beside it if that lists it, else one scan of its headers."""
+    cache: dict[str, dict[str, int]] = {}
+    counts = []
+    for path in paths:
+        samples = _sibling_count(path, cache)
+        counts.append(count_tar_samples(path) if samples is None else samples)
+    return counts
 
 
 def count_samples(spec: str | os.PathLike | list) -> int:

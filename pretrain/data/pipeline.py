@@ -21,21 +21,32 @@ resume the physical workers are rotated so the due worker comes first, and each 
 through the same shuffle buffer without decoding anything, dropping the items already used.
 
 Growing data (`TrainLoader.add_shards`, or a state saved before an addition loaded onto the grown list): the
-loader keeps its place. The shards are kept as the old ones in their order, then the added ones. A stream's
-epoch is a concatenation of phases, recorded in its position as `phases`, the shard counts at the phase ends
-([n0, n1, ...]; [len(shards)] without an addition). Phase 0 is exactly the stream described above over
-shards[:n0] (same permutation, same shuffle buffer), so what was consumed of it is unchanged and the replay still
-works; phase k > 0 is the stream's share of shards[n(k-1):n(k)], the shards added during that epoch, permuted
-with (seed, epoch, k) and split across streams like phase 0, through its own shuffle buffer seeded with k as
-well. So in that epoch nothing seen is repeated, nothing unseen of the old shards is dropped (the phase-0 buffer
-is flushed first) and the new shards come after; the next epoch starts with all shards permuted together.
+loader keeps its place and the new shards join the stream at once. The shards are kept as the old ones in their
+order, then the added ones. A stream's epoch is built from phases, recorded in its position as `phases`, the
+shard counts at the phase ends ([n0, n1, ...]; [len(shards)] without an addition). Phase 0 is exactly the
+stream described above over shards[:n0] (same permutation, same shuffle buffer); phase k > 0 is the stream's
+share of shards[n(k-1):n(k)], the shards added during that epoch, permuted with (seed, epoch, k) and split
+across streams like phase 0, through its own shuffle buffer seeded with k as well. Phase k joins at c_k, the
+items of the epoch the stream had consumed at the addition: the first c_k items of the merged earlier phases
+stay as they were, and the rest of the epoch is a seeded interleave (`interleave`) of what those phases still
+hold and phase k. A coin seeded by (seed, epoch, rank, worker, k) takes phase k with probability
+new / (new + old), the items each side still holds by the shards' sample counts (manifest.json, else a header
+scan; cached per shard), so that the merge is uniformly random: the share of new samples right after the
+addition is new / (new + old left) and both sides run out together. The counts only bias the coin: running out
+is seen on the iterators, so a wrong count (a damaged tar) changes the order, never what comes out. Positions
+record `joins`, one [c_k, old items left after c_k, new items] per phase k > 0, so the state stays plain ints
+and replaying an epoch in progress needs neither the counts nor any decoding. A second addition in the same
+epoch interleaves its phase with the merged rest of the earlier ones the same way. So in that epoch nothing
+seen is repeated and every old and new sample comes once; the next epoch permutes all shards together.
 Streams drift apart (a stream with fewer samples per epoch goes through epochs faster), so an addition joins
-at the end of one epoch E for all streams: the furthest epoch any stream is in (`loader.epoch`; with sharded
-order and several DP ranks the caller passes the max over the ranks, and a resume takes the max over the saved
-ranks). Streams in E get the phase now; a stream behind keeps the addition as `later` ([[E, count]]) and
-finishes its earlier epochs without it. Every epoch therefore holds each sample once over all streams: the
-old ones before E, old and new from E on. A live iterator picks an addition up at its next batch: it restarts
-its DataLoader from the positions of the last consumed batches (prefetched batches are dropped and replayed).
+in one epoch E for all streams: the furthest epoch any stream is in (`loader.epoch`; with sharded order and
+several DP ranks the caller passes the max over the ranks, and a resume takes the max over the saved ranks).
+Streams in E take the phase at their position; a stream behind keeps the addition as `later` ([[E, count]]),
+finishes its earlier epochs without it and mixes it into epoch E from its start (c = 0). Every epoch therefore
+holds each sample once over all streams: the old ones before E, old and new from E on. A live iterator picks
+an addition up at its next batch: it restarts its DataLoader from the positions of the last consumed batches
+(prefetched batches are dropped and replayed). States saved before interleaving (positions without `joins`)
+replay their phases one after the other, as they were made.
 
 Resume checks the layout: seed, dp_world, workers, shuffle_buffer, order and the shard list (short names, the
 last two path parts, so moving the data is harmless). If only shards were added (the saved list is contained in
@@ -51,6 +62,7 @@ import io
 import logging
 import random
 from collections import Counter, defaultdict, deque
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -60,7 +72,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
-from .manifest import shard_identity
+from .manifest import shard_identity, shard_sample_counts
 from .tario import tar_members
 from .transforms import normalize_batch, train_transform
 
@@ -98,6 +110,45 @@ def read_shard(path: str) -> Iterator[dict | str]:
         yield "corrupt_tar"
 
 
+def phase_order(seed: int, epoch: int, phase: int, lo: int, hi: int) -> list[int]:
+    """The indices of shards[lo:hi] in the order of that phase of the epoch (phase 0: all shards permuted)."""
+    key = ("shards", seed, epoch) + ((phase,) if phase else ())
+    return [lo + i for i in random.Random(seed_of(*key)).sample(range(hi - lo), hi - lo)]
+
+
+def interleave(old: Iterator, new: Iterator, old_left: int, new_left: int, rng: random.Random) -> Iterator:
+    """A seeded merge of two iterators, each kept in its order. Each draw takes from `new` with probability
+    new_left / (old_left + new_left), the items each side still holds by the counts (a fair coin once both
+    count 0): with right counts every interleaving is equally likely, so the share of `new` in any stretch is
+    about new_left / (old_left + new_left) at the start, and both sides run out together. The counts only bias
+    the coin; running out is seen on the iterators: the other side then continues alone. A wrong count changes
+    the order, never what comes out."""
+    old_left, new_left = max(old_left, 0), max(new_left, 0)
+    while True:
+        total = old_left + new_left
+        take_new = rng.randrange(total) < new_left if total else rng.random() < 0.5
+        item = next(new if take_new else old, _END)
+        if item is _END:
+            yield from (old if take_new else new)
+            return
+        if take_new:
+            new_left = max(new_left - 1, 0)
+        else:
+            old_left = max(old_left - 1, 0)
+        yield item
+
+
+def _joined(old: Iterator, new: Iterator, join: list, rng: random.Random) -> Iterator:
+    """`old` as it was for the first c items, then the rest of it interleaved with `new` (join = [c, items
+    `old` holds after c, items of `new`]; c None, from a state saved before interleaving: all of `old` first)."""
+    c, old_left, new_left = join
+    yield from old if c is None else islice(old, c)
+    yield from interleave(old, new, old_left, new_left, rng)
+
+
+_END = object()
+
+
 def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
     if size <= 1:
         yield from items
@@ -123,9 +174,8 @@ class _Streams(IterableDataset):
 
     def phase_items(self, epoch: int, phase: int, lo: int, hi: int, stream: int) -> Iterator[dict | str]:
         """The stream's share of shards[lo:hi] (phase 0: lo = 0, the shards known when the epoch began)."""
-        ld, n = self.loader, hi - lo
-        key = ("shards", ld.seed, epoch) + ((phase,) if phase else ())
-        order = [lo + i for i in random.Random(seed_of(*key)).sample(range(n), n)]
+        ld = self.loader
+        order = phase_order(ld.seed, epoch, phase, lo, hi)
         if len(order) >= ld.streams:
             for index in order[stream :: ld.streams]:
                 yield from read_shard(self.shards[index])
@@ -137,14 +187,22 @@ class _Streams(IterableDataset):
                     yield item
                 i += 1
 
-    def epoch_items(self, epoch: int, phases: list[int], stream: int, worker: int) -> Iterator[dict | str]:
-        """The stream's epoch, shuffled: its phases one after the other, each through its own buffer."""
-        ld, lo = self.loader, 0
+    def epoch_items(self, epoch: int, phases: list[int], joins: list[list], stream: int,
+                    worker: int) -> Iterator[dict | str]:
+        """The stream's epoch: each phase through its own shuffle buffer, phase k joining the merged earlier
+        phases after the first c items of the epoch, interleaved from there (module docstring)."""
+        ld, lo, merged = self.loader, 0, iter(())
         for phase, hi in enumerate(phases):
             key = ("buffer", ld.seed, epoch, ld.stream_rank, worker) + ((phase,) if phase else ())
-            yield from shuffled(self.phase_items(epoch, phase, lo, hi, stream), ld.shuffle_buffer,
-                                random.Random(seed_of(*key)))
+            items = shuffled(self.phase_items(epoch, phase, lo, hi, stream), ld.shuffle_buffer,
+                             random.Random(seed_of(*key)))
+            if phase == 0:
+                merged = items
+            else:
+                coin = random.Random(seed_of("join", ld.seed, epoch, ld.stream_rank, worker, phase))
+                merged = _joined(merged, items, joins[phase - 1], coin)
             lo = hi
+        return merged
 
     def decode(self, item: dict | str, epoch: int) -> tuple[np.ndarray, str] | str:
         """(cropped HWC uint8 RGB image, caption) or a skip reason."""
@@ -173,9 +231,9 @@ class _Streams(IterableDataset):
         except Exception:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, ...)
             return "bad_image"
 
-    def batch(self, images, captions, worker, epoch, consumed, skipped, phases, later):
+    def batch(self, images, captions, worker, epoch, consumed, skipped, phases, joins, later):
         meta = {"worker": worker, "epoch": epoch, "consumed": consumed, "skipped": dict(skipped),
-                "phases": list(phases), "later": [list(x) for x in later]}
+                "phases": list(phases), "joins": [list(x) for x in joins], "later": [list(x) for x in later]}
         rows = self.loader.rows  # global order: this rank's slice of the global batch
         return normalize_batch(images[rows]), self.loader.tokenizer(captions[rows]), meta
 
@@ -186,12 +244,13 @@ class _Streams(IterableDataset):
         stream = ld.stream_rank * ld.workers_per_rank + worker
         position = self.positions[worker]
         epoch, skip_items, phases = position["epoch"], position["consumed"], list(position["phases"])
+        joins = [list(x) for x in position["joins"]]  # [c, old items left after c, new items] per phase k > 0
         later = [list(x) for x in position["later"]]  # [epoch, shard count]: additions waiting for that epoch
         skipped = Counter(position["skipped"])
         images, captions, barren = [], [], 0
         while True:
             used = consumed = 0
-            for consumed, item in enumerate(self.epoch_items(epoch, phases, stream, worker), 1):
+            for consumed, item in enumerate(self.epoch_items(epoch, phases, joins, stream, worker), 1):
                 if consumed <= skip_items:  # fast-forward after resume: no decoding
                     continue
                 out = self.decode(item, epoch)
@@ -199,14 +258,15 @@ class _Streams(IterableDataset):
                     skipped[out] += 1
                     continue
                 if len(images) == ld.stream_batch:  # a full batch leaves only now, so it counts the skips after it
-                    yield self.batch(images, captions, worker, epoch, consumed - 1, skipped, phases, later)
+                    yield self.batch(images, captions, worker, epoch, consumed - 1, skipped, phases, joins,
+                                     later)
                     images, captions = [], []
                 images.append(out[0])
                 captions.append(out[1])
                 used += 1
             if len(images) == ld.stream_batch:
                 yield self.batch(images, captions, worker, epoch, max(consumed, skip_items), skipped, phases,
-                                 later)
+                                 joins, later)
                 images, captions = [], []
             barren = barren + 1 if used == 0 else 0
             if barren >= BARREN_EPOCHS:
@@ -215,6 +275,8 @@ class _Streams(IterableDataset):
             epoch, skip_items = epoch + 1, 0  # every shard reached so far, then what joins in this epoch
             phases = [phases[-1]] + [count for at, count in later if at == epoch]
             later = [x for x in later if x[0] != epoch]
+            shares = ld._phase_shares(self.shards, epoch, phases, stream) if len(phases) > 1 else []
+            joins = [[0, sum(shares[:k]), shares[k]] for k in range(1, len(phases))]  # mixed from the start
 
 
 class TrainLoader:
@@ -257,10 +319,31 @@ class TrainLoader:
         self._positions = self._fresh_positions(0)
         self._next_worker = 0
         self._generation = 0  # bumped when the shards or positions change under a live iterator
+        self._sample_counts: dict[str, int] = {}  # per shard path, read when shards are added
 
     def _fresh_positions(self, epoch: int) -> list[dict]:
-        return [{"epoch": epoch, "consumed": 0, "skipped": {}, "phases": [len(self.shards)], "later": []}
-                for _ in range(self.workers_per_rank)]
+        return [{"epoch": epoch, "consumed": 0, "skipped": {}, "phases": [len(self.shards)], "joins": [],
+                 "later": []} for _ in range(self.workers_per_rank)]
+
+    def _counts(self, shards: list[str]) -> list[int]:
+        """Sample counts of `shards` (manifest.shard_sample_counts), cached per path."""
+        missing = [p for p in dict.fromkeys(shards) if p not in self._sample_counts]
+        if missing:
+            self._sample_counts.update(zip(missing, shard_sample_counts(missing)))
+        return [self._sample_counts[p] for p in shards]
+
+    def _phase_shares(self, shards: list[str], epoch: int, phases: list[int], stream: int) -> list[int]:
+        """Items of each phase of the epoch for the stream, by the shards' sample counts: its shards' counts,
+        or with fewer shards than streams its indices i (over the phase's samples) with i % streams == stream."""
+        counts, shares, lo = self._counts(shards[: phases[-1]]), [], 0
+        for phase, hi in enumerate(phases):
+            order = phase_order(self.seed, epoch, phase, lo, hi)
+            if len(order) >= self.streams:
+                shares.append(sum(counts[i] for i in order[stream :: self.streams]))
+            else:
+                shares.append(len(range(stream, sum(counts[lo:hi]), self.streams)))
+            lo = hi
+        return shares
 
     def _names(self) -> list[str]:
         return ["/".join(Path(p).parts[-2:]) for p in self.shards]  # survives moving the data
@@ -278,6 +361,8 @@ class TrainLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:  # one DataLoader per generation: an addition (or a loaded state) restarts it at the positions
             generation = self._generation
+            if any(p["later"] for p in self._positions):
+                self._counts(self.shards)  # read once here, not in every worker
             dataset = _Streams(self, [dict(p) for p in self._positions], self._next_worker)
             batches = iter(DataLoader(dataset, batch_size=None, num_workers=self.workers))
             for images, tokens, meta in batches:
@@ -313,15 +398,21 @@ class TrainLoader:
         return new
 
     def _added(self, count: int, epoch: int) -> None:
-        """The last `count` shards are new and join in `epoch`: a phase at the end of that epoch of every stream
-        (now for the streams in it, later for those behind)."""
-        for position in self._positions:
+        """The last `count` shards are new and join in `epoch`: a phase of that epoch of every stream, mixed
+        into the rest of it from the stream's position for the streams in it, from its start for those behind."""
+        self._counts(self.shards)
+        for worker, position in enumerate(self._positions):
             if position["epoch"] == epoch:
-                position["phases"] = [*position["phases"], len(self.shards)]
+                phases, c = [*position["phases"], len(self.shards)], position["consumed"]
+                shares = self._phase_shares(self.shards, epoch, phases, self.stream_rank * self.workers_per_rank
+                                            + worker)
+                position["phases"] = phases
+                position["joins"] = [*position["joins"], [c, max(sum(shares[:-1]) - c, 0), shares[-1]]]
             else:
                 position["later"] = [*position["later"], [epoch, len(self.shards)]]
         self._generation += 1
-        log.info("%d shards added (now %d); they join at the end of epoch %d%s", count, len(self.shards), epoch,
+        log.info("%d shards added (now %d); they are mixed into the rest of epoch %d%s", count, len(self.shards),
+                 epoch,
                  f", split by sample index modulo {self.streams} (fewer than the streams)"
                  if count < self.streams else "")
 
@@ -353,7 +444,7 @@ class TrainLoader:
         if state.get("version", 1) == 1:
             if state["layout"] != self._layout_v1():
                 return False
-            positions = [{**p, "phases": [len(self.shards)], "later": []} for p in state["positions"]]
+            positions = [{**p, "phases": [len(self.shards)], "joins": [], "later": []} for p in state["positions"]]
             added: list[int] = []
         else:
             saved, current = dict(state["layout"]), self._layout()
@@ -362,7 +453,8 @@ class TrainLoader:
             if saved != current or missing is not None:
                 return False
             self.shards = [self.shards[i] for i in old + added]  # the saved order, then the added shards
-            positions = state["positions"]
+            # states saved before interleaving had no joins: their new phases came after the earlier ones
+            positions = [{"joins": [[None, 0, 0]] * (len(p["phases"]) - 1), **p} for p in state["positions"]]
         self._positions = [_copy(p) for p in positions]
         self._next_worker = state["next_worker"]
         if added:
@@ -372,7 +464,7 @@ class TrainLoader:
 
 def _copy(position: dict) -> dict:
     return {**position, "skipped": dict(position["skipped"]), "phases": list(position["phases"]),
-            "later": [list(x) for x in position["later"]]}
+            "joins": [list(x) for x in position["joins"]], "later": [list(x) for x in position["later"]]}
 
 
 def _match(old: list[str], new: list[str]) -> tuple[int | None, list[int], list[int]]:

@@ -59,7 +59,8 @@ def test_epoch_across_an_addition_and_the_next_see_every_sample_once(synthetic_s
                                                                      workers, dp, when, n_new):
     """Shards added early in epoch 0, inside every stream's last shuffle-buffer-full of it, or exactly at its
     end (1 new shard: fewer than the streams when there are several). Over all ranks and workers, epoch 0 and
-    epoch 1 each hold every old and new sample exactly once, and the new ones come only after the addition."""
+    epoch 1 each hold every old and new sample exactly once, and the new ones come only after the addition
+    (mixed into the rest of epoch 0)."""
     grown = synthetic_shards + added[:n_new]
     new_ids = set(range(100, 100 + 10 * n_new))
     loaders = [make(synthetic_shards, tokenizer, r, dp, workers, order) for r in range(dp)]
@@ -212,7 +213,8 @@ def test_other_layout_changes_still_restart_at_the_next_epoch(synthetic_shards, 
         with caplog.at_level(logging.WARNING, logger="pretrain.data.pipeline"):
             other.load_state_dict(state)
         assert "cannot resume exactly" in caplog.text
-        assert all(p == {"epoch": 2, "consumed": 0, "skipped": {}, "phases": [len(other.shards)], "later": []}
+        assert all(p == {"epoch": 2, "consumed": 0, "skipped": {}, "phases": [len(other.shards)], "joins": [],
+                        "later": []}
                    for p in other.state_dict()["positions"])
 
 
@@ -249,3 +251,238 @@ def test_add_shards_needs_every_current_shard(synthetic_shards, added, tokenizer
     with pytest.raises(ValueError, match=f"lacks the current shard {synthetic_shards[2]}"):
         loader.add_shards(synthetic_shards[:2] + synthetic_shards[3:] + added)
     assert loader.shards == synthetic_shards  # unchanged
+
+
+# ---- the new shards are mixed into the rest of the epoch -----------------------------------------------------
+# 8 old shards x 40 (ids 0..319) and 4 new ones x 40 (ids 1000..1159): big enough for shares to mean something.
+
+BIG_OLD, BIG_NEW = set(range(320)), set(range(1000, 1160))
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big")
+    return new_shards(root / "old", 8, 40, base=0), new_shards(root / "new", 4, 40, base=1000)
+
+
+class Run:
+    """Loaders of all DP ranks consumed in lockstep, recording each stream's rows as (id, epoch) in stream
+    order (global order: the ranks' rows in rank order are the stream's batch)."""
+
+    def __init__(self, shards, tokenizer, dp=1, workers=0, order="sharded", batch=8):
+        self.loaders = [make(shards, tokenizer, r, dp, workers, order, batch) for r in range(dp)]
+        self.its = [iter(ld) for ld in self.loaders]
+        self.rows: dict[tuple, list[tuple[int, int]]] = {}
+        self.log: list[tuple[int, int]] = []  # every row in the order consumed
+
+    def step(self) -> list:
+        """One batch from every rank; returns them."""
+        batches = []
+        for rank, (ld, it) in enumerate(zip(self.loaders, self.its)):
+            batches.append(next(it))
+            texts = batches[-1][1]
+            worker = (ld._next_worker - 1) % ld.workers_per_rank
+            key = (worker,) if ld.order == "global" else (rank, worker)
+            rows = list(zip(ids(ld.tokenizer, texts), epochs_of_rows(ld, rank, len(texts))))
+            self.rows.setdefault(key, []).extend(rows)
+            self.log.extend(rows)
+        return batches
+
+    def positions(self):
+        return [p for ld in self.loaders for p in ld._positions]
+
+    def add(self, shards):
+        epoch = max(ld.epoch for ld in self.loaders)
+        for ld in self.loaders:
+            ld.add_shards(shards, epoch=epoch)
+
+    def until(self, done):
+        while not done():
+            self.step()
+
+    def epoch(self, e: int) -> Counter:
+        return Counter(i for rows in self.rows.values() for i, epoch in rows if epoch == e)
+
+
+LAYOUTS = [("sharded", 0, 1), ("sharded", 2, 1), ("sharded", 1, 2), ("global", 2, 2)]
+
+
+@pytest.mark.parametrize("order, workers, dp", LAYOUTS)
+def test_new_samples_are_mixed_in_from_the_addition(big, tokenizer, order, workers, dp):
+    """Added after a quarter of epoch 0, the new shards show up at once: among the first 100 rows after the
+    addition their share is p = new / (new + old left) = 160 / 400 = 0.4 (from the recorded joins) within 0.15.
+    The interleave is a uniformly random merge (the coin's odds follow the counts left), so per stream that share
+    is hypergeometric; summed over the streams its standard deviation is about 0.043 (100 x 0.4 x 0.6 x 300/399
+    items squared), and 0.15 is 3.5 of them (seed 0 gives 0.35, 0.44, 0.41 and 0.47, p = 0.42 for the last
+    layout; appending the new shards after the old ones would give 0). With right counts both sides run out
+    together: each stream's last 10% of the epoch after the addition (19 items or more) holds old and new
+    samples (one side only has probability at most 0.6^19 < 1e-4). Epochs 0 and 1 hold every sample once."""
+    old, new = big
+    run = Run(old, tokenizer, dp, workers, order)
+    streams = run.loaders[0].streams
+    run.until(lambda: min(p["consumed"] for p in run.positions()) >= 320 // streams // 4)
+    at = {key: len(rows) for key, rows in run.rows.items()}
+    before = len(run.log)
+    run.add(old + new)
+    joins = [p["joins"] for p in run.positions()]
+    assert all(len(j) == 1 for j in joins)
+    if order == "global":
+        joins = joins[: len(joins) // dp]  # every rank holds the same streams
+    n_new, n_old = sum(j[0][2] for j in joins), sum(j[0][1] for j in joins)
+    assert n_new == 160 and n_old + sum(j[0][0] for j in joins) == 320
+    p = n_new / (n_new + n_old)
+    assert 0.35 < p < 0.45
+    run.until(lambda: len(run.log) >= before + 100)
+    first = [i for i, _ in run.log[before : before + 100]]
+    share = sum(i in BIG_NEW for i in first) / len(first)
+    assert abs(share - p) < 0.15, (share, p)
+    run.until(lambda: min(p["epoch"] for p in run.positions()) >= 2)
+    assert run.epoch(0) == run.epoch(1) == Counter(BIG_OLD | BIG_NEW)
+    for key, rows in run.rows.items():
+        epoch0 = [i for i, e in rows[at[key]:] if e == 0]
+        tail = epoch0[-max(len(epoch0) // 10, 1):]
+        assert set(tail) & BIG_NEW and set(tail) & BIG_OLD, f"stream {key}: the last 10% is one side only"
+
+
+@pytest.mark.parametrize("order, workers, dp, rank", [("sharded", 2, 1, 0), ("sharded", 1, 2, 1),
+                                                      ("global", 2, 2, 1)])
+def test_exact_resume_in_the_middle_of_the_interleave(big, tokenizer, order, workers, dp, rank, tmp_path):
+    """A state saved 7 batches into the interleave (new samples already out), loaded onto the grown list in
+    another order, gives the live batches through the rest of epoch 0 and into epoch 1."""
+    old, new = big
+    live = make(old, tokenizer, rank, dp, workers, order, batch=8)
+    it = iter(live)
+    for _ in range(6):
+        next(it)
+    live.add_shards(old + new)
+    mixed = [next(it) for _ in range(7)]
+    assert set(i for _, texts in mixed for i in ids(tokenizer, texts)) & BIG_NEW, "mixed in already"
+    torch.save(live.state_dict(), tmp_path / "state.pt")
+    expected = [next(it) for _ in range(70)]  # the rest of epoch 0 and into epoch 1
+    assert min(p["epoch"] for p in live._positions) >= 1
+    resumed = make(new[::-1] + old, tokenizer, rank, dp, workers, order, batch=8)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    got = iter(resumed)
+    assert batches_equal([next(got) for _ in range(70)], expected)
+
+
+@pytest.mark.parametrize("order, workers, dp, rank", [("sharded", 2, 2, 1), ("global", 1, 2, 0)])
+def test_state_before_an_addition_onto_the_grown_list_mixes_like_the_live_one(big, tokenizer, order, workers,
+                                                                              dp, rank):
+    """A state saved before the addition, loaded onto the grown list: the same joins, the same batches."""
+    old, new = big
+    live = make(old, tokenizer, rank, dp, workers, order, batch=8)
+    it = iter(live)
+    for _ in range(9):
+        next(it)
+    before = live.state_dict()
+    live.add_shards(old + new)
+    expected = [next(it) for _ in range(30)]
+    resumed = make(old + new, tokenizer, rank, dp, workers, order, batch=8)
+    resumed.load_state_dict([before] if order == "sharded" else [before, before])
+    got = iter(resumed)
+    assert batches_equal([next(got) for _ in range(30)], expected)
+    assert resumed.state_dict() == live.state_dict()
+
+
+@pytest.mark.parametrize("order, workers, dp", [("sharded", 0, 1), ("sharded", 2, 2), ("global", 2, 2)])
+def test_two_additions_in_one_epoch(big, tokenizer, order, workers, dp):
+    """Shards A (ids 1000..1079) join after a fifth of epoch 0, B (1080..1159) after two fifths: B is mixed
+    with the merged rest of the old shards and A. Both show up among the 80 rows after B's addition, epochs 0
+    and 1 hold every sample once, and a state saved between the additions, loaded onto the list with both,
+    gives the live batches."""
+    old, new = big
+    a, b = set(range(1000, 1080)), set(range(1080, 1160))
+    run = Run(old, tokenizer, dp, workers, order)
+    per_stream = 320 // run.loaders[0].streams
+    run.until(lambda: min(p["consumed"] for p in run.positions()) >= per_stream // 5)
+    run.add(old + new[:2])
+    run.until(lambda: min(p["consumed"] for p in run.positions()) >= 2 * per_stream // 5)
+    between = [ld.state_dict() for ld in run.loaders]
+    before = len(run.log)
+    run.add(old + new)
+    assert all(p["phases"] == [8, 10, 12] and len(p["joins"]) == 2 and p["joins"][0][0] <= p["joins"][1][0]
+               for p in run.positions())
+    after = [run.step() for _ in range(12)]
+    for rank in range(dp):
+        resumed = make(old + new, tokenizer, rank, dp, workers, order, batch=8)
+        resumed.load_state_dict(between)
+        got = iter(resumed)
+        assert batches_equal([next(got) for _ in range(12)], [step[rank] for step in after])
+    run.until(lambda: len(run.log) >= before + 80)
+    first = {i for i, _ in run.log[before : before + 80]}
+    assert first & a and first & b
+    run.until(lambda: min(p["epoch"] for p in run.positions()) >= 2)
+    assert run.epoch(0) == run.epoch(1) == Counter(BIG_OLD | BIG_NEW)
+
+
+@pytest.mark.parametrize("dp, workers, n_old, n_new", [(2, 2, 8, 4), (2, 2, 8, 1), (2, 2, 2, 1), (1, 2, 8, 3)])
+def test_recorded_counts_follow_the_split_across_streams(big, tokenizer, dp, workers, n_old, n_new):
+    """joins = [c, old items left after c, new items] per stream: summed over the streams the new items are the
+    added samples and c + old the old ones, also when a phase has fewer shards than streams (split by index)."""
+    old, new = big[0][:n_old], big[1][:n_new]
+    loaders = [make(old, tokenizer, r, dp, workers) for r in range(dp)]
+    its = [iter(ld) for ld in loaders]
+    for _ in range(3):
+        for it in its:
+            next(it)
+    for ld in loaders:
+        ld.add_shards(old + new, epoch=max(x.epoch for x in loaders))
+    joins = [j for ld in loaders for p in ld._positions for j in p["joins"]]
+    assert len(joins) == dp * workers
+    assert sum(j[2] for j in joins) == 40 * n_new
+    assert sum(j[0] + j[1] for j in joins) == 40 * n_old
+
+
+@pytest.mark.parametrize("claim", [0, 1000])
+def test_wrong_counts_change_the_order_not_the_samples(big, tokenizer, tmp_path, claim):
+    """The coin only orders: with manifests claiming 0 or 1000 samples per new shard and a truncated new tar
+    (counted up to the damage, which then adds a corrupt_tar item), the epoch still holds every readable sample
+    once, and two runs agree."""
+    from pretrain.data.manifest import write_manifest
+
+    old = big[0][:4]  # ids 0..159
+    lying = new_shards(tmp_path / "lying", 2, 20, base=1000)
+    write_manifest(tmp_path / "lying", {"shards": [{"path": os.path.basename(p), "samples": claim} for p in lying]})
+    whole = new_shards(tmp_path / "whole", 1, 20, base=2000)[0]
+    data = open(whole, "rb").read()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "shard-000000.tar").write_bytes(data[: data.find(b"item02012.") + 600])
+    grown = old + lying + [str(tmp_path / "cut" / "shard-000000.tar")]
+    readable = set(range(160)) | set(range(1000, 1040)) | set(range(2000, 2012))
+
+    def once():
+        loader = make(old, tokenizer, workers=0, batch=4)
+        it = iter(loader)
+        rows = [i for _ in range(5) for i in ids(tokenizer, next(it)[1])]
+        loader.add_shards(grown)
+        while len(rows) < len(readable):
+            rows += ids(tokenizer, next(it)[1])
+        return rows, loader.skipped
+
+    rows, skipped = once()
+    assert Counter(rows[: len(readable)]) == Counter(readable) and skipped == {"corrupt_tar": 1}
+    assert once() == (rows, skipped)
+
+
+def test_states_without_joins_replay_their_phases_in_turn(synthetic_shards, added, tokenizer):
+    """A state saved before interleaving (phases but no joins) goes on as it was made: the rest of the old
+    shards first, then the new ones; the next epoch is all shards together."""
+    live = make(synthetic_shards, tokenizer)
+    it = iter(live)
+    first = [i for _ in range(4) for i in ids(tokenizer, next(it)[1])]
+    live.add_shards(synthetic_shards + added)
+    state = live.state_dict()
+    assert state["positions"][0]["joins"] == [[12, 48, 30]]
+    for position in state["positions"]:
+        del position["joins"]
+    resumed = make(synthetic_shards + added, tokenizer)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict()["positions"][0]["joins"] == [[None, 0, 0]]
+    got = iter(resumed)
+    rest = [i for _ in range(26) for i in ids(tokenizer, next(got)[1])]  # 78 = the rest of epoch 0
+    assert set(first + rest[:48]) == OLD and set(rest[48:]) == set(range(100, 130))
+    assert resumed._positions[0]["epoch"] == 0 and resumed._positions[0]["consumed"] == 90
+    assert resumed.state_dict()["positions"][0]["joins"] == [[None, 0, 0]]
+    rest = [i for _ in range(30) for i in ids(tokenizer, next(got)[1])]
+    assert sorted(rest) == sorted(OLD | set(range(100, 130))) and resumed._positions[0]["phases"] == [7]

@@ -108,7 +108,8 @@ def test_changed_layout_restarts_at_next_epoch(synthetic_shards, tokenizer, capl
     with caplog.at_level(logging.WARNING, logger="pretrain.data.pipeline"):
         grown.load_state_dict([loader.state_dict()])
     assert "cannot resume exactly" in caplog.text
-    assert grown.state_dict()["positions"] == [{"epoch": 2, "consumed": 0, "skipped": {}, "phases": [4], "later": []}]
+    assert grown.state_dict()["positions"] == [{"epoch": 2, "consumed": 0, "skipped": {}, "phases": [4], "joins": [],
+                                                    "later": []}]
 
 
 @pytest.mark.parametrize("workers", [0, 1])

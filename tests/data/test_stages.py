@@ -12,6 +12,7 @@ from pretrain.data.manifest import (
     load_shards,
     load_shards_with_counts,
     load_stages,
+    shard_sample_counts,
     write_manifest,
 )
 
@@ -86,3 +87,12 @@ def test_count_samples_of_bare_and_damaged_tars(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pretrain.data.manifest"):
         assert count_samples(str(tmp_path / "cut.tar")) == 4
     assert "cut.tar" in caplog.text
+
+
+def test_shard_sample_counts_of_tar_paths(tmp_path):
+    """What the loader counts its shards with: the manifest beside each tar (its claim wins), else a scan of
+    the tar; a path is a path (a comma or brace in the name is no spec syntax)."""
+    listed = make_shards(tmp_path / "d", 2, 4)
+    write_manifest(tmp_path / "d", {"shards": [{"path": "shard-000000.tar", "samples": 9}]})
+    odd = write_tar(tmp_path / "odd,{1..2}.tar", [good_sample(i) for i in range(3)])
+    assert shard_sample_counts(listed + [odd]) == [9, 4, 3]
