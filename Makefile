@@ -79,3 +79,9 @@ bench-growth: install
 
 clean:
 	rm -rf runs
+
+# Everything that needs a GPU (issue 12), one call of at most 8 minutes; results under $(OUT) or runs/bench-gpu.
+# Without a CUDA GPU it skips the GPU parts and dry-runs the rest. Carry .whl/ (scripts/gpu_wheels.sh) to the host.
+.PHONY: bench-gpu
+bench-gpu:
+	bash scripts/bench_gpu.sh $(OUT)

@@ -1,0 +1,296 @@
+"""End-to-end training-step benchmark: our trainer's step against OpenCLIP's, same process, device, model and batch.
+
+    python -m pretrain.bench [--device cuda|cpu] [--model vit-b-16] [--batch 256] [--zero 2] [--steps 30]
+                             [--warmup 8] [--compile on|off] [--log-every 10] [--out FILE]
+
+Ours: `Trainer.train_step` (pretrain/trainer.py), i.e. what `Trainer.train` runs per step: DeepSpeed ZeRO-1 or -2
+(--zero, one or more), bf16 on CUDA (fp32 on a CPU), train.compile, train.kernels=auto, train.optimizer=auto
+(fused AdamW on CUDA), gradient clipping 1.0, the EMA update, and a host sync every --log-every steps (`_flush`).
+OpenCLIP: `open_clip.create_model(NAME, output_dict=True)` (the tiny model: the same architecture through
+`pretrain.model.openclip.openclip_config`), torch.compile, AdamW (fused on CUDA, OpenCLIP's no-decay groups),
+bf16 autocast on CUDA (fp32 on a CPU), ClipLoss, the logit-scale clamp, `loss.item()` every --log-every steps.
+Both get the same random batch, already on the device (the data pipeline is not measured), lr 5e-4, betas
+(0.9, 0.98), eps 1e-6, weight decay 0.2. OpenCLIP runs first and is freed before ours is built.
+
+Reported per side: samples/s over --steps timed steps after --warmup steps (compilation happens there), MFU
+(3 x forward FLOPs per sample, `Architecture.flops_per_sample`, over the card's dense bf16 peak; None on CPUs and
+unknown GPUs), peak memory allocated during the timed steps (CUDA only), and ours/OpenCLIP samples/s as JSON.
+On a CPU (`--device cpu`, default model configs/models/tiny.yaml) the ratio measures our host-side overhead.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+OPENCLIP_NAMES = {"vit-b-16": "ViT-B-16", "vit-b-32": "ViT-B-32", "vit-l-14": "ViT-L-14"}
+LR, BETAS, EPS, WD = 5e-4, (0.9, 0.98), 1e-6, 0.2
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _batch(arch, batch: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """Random images and token rows (ids below the end-of-text id, which is the largest id, then padding 0)."""
+    g = torch.Generator().manual_seed(seed)
+    v, t = arch.vision, arch.text
+    images = torch.randn(batch, 3, v.image_size, v.image_size, generator=g)
+    texts = torch.randint(1, t.vocab - 1, (batch, t.context), generator=g)
+    ends = torch.randint(4, t.context, (batch,), generator=g)
+    cols = torch.arange(t.context)
+    texts = torch.where(cols[None] < ends[:, None], texts, torch.zeros_like(texts))
+    texts[torch.arange(batch), ends] = t.vocab - 1
+    return images.to(device, dtype), texts.to(device)
+
+
+def _peak_tflops(device: torch.device) -> float | None:
+    from .trainer import PEAK_TFLOPS
+    if device.type != "cuda":
+        return None
+    return next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None)
+
+
+def _timed(step, sync_every: int, steps: int, warmup: int, device: torch.device, sync) -> dict:
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        step()
+        if (i + 1) % sync_every == 0 or i + 1 == warmup:
+            sync()
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step()
+        if (i + 1) % sync_every == 0:
+            sync()
+    sync()
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+    return {"seconds": seconds, "warmup_s": round(warmup_s, 2), "peak_gib": None if peak is None else round(peak, 2)}
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---- OpenCLIP ------------------------------------------------------------------------------------------------
+def openclip_model(model_name: str, arch):
+    import open_clip
+    if model_name in OPENCLIP_NAMES:
+        return open_clip.create_model(OPENCLIP_NAMES[model_name], output_dict=True)
+    from open_clip.model import CLIP as OpenCLIP
+
+    from .model.openclip import openclip_config
+    cfg = openclip_config(arch)
+    return OpenCLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], output_dict=True)
+
+
+def bench_openclip(args, arch, device: torch.device) -> dict:
+    from open_clip.loss import ClipLoss
+    torch.manual_seed(0)
+    model = openclip_model(args.model, arch).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if exclude(n, p) and p.requires_grad], "weight_decay": 0.0},
+              {"params": [p for n, p in named if not exclude(n, p) and p.requires_grad], "weight_decay": WD}]
+    opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, **({"fused": True} if device.type == "cuda" else {}))
+    loss_fn = ClipLoss()
+    run = torch.compile(model) if args.compile == "on" else model
+    images, texts = _batch(arch, args.batch, device, torch.float32)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    last = []
+
+    def step():
+        with autocast:
+            out = run(images, texts)
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        last[:] = [loss]
+
+    r = _timed(step, args.log_every, args.steps, args.warmup, device, lambda: last and last[0].item())
+    r.update(params=params, loss=float(last[0].item()), compile=args.compile,
+             precision="bf16 autocast" if device.type == "cuda" else "fp32",
+             optimizer="AdamW(fused=True)" if device.type == "cuda" else "AdamW")
+    return r  # the model, optimizer and compiled graphs go with this frame; the caller collects them
+
+
+# ---- ours -------------------------------------------------------------------------------------------------------
+class _Loader:
+    """Stands in for the webdataset loader: the benchmark feeds its own batches to Trainer.train_step."""
+    skipped: dict = {}
+    epoch = 0
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def __iter__(self):
+        raise RuntimeError("pretrain.bench feeds the trainer its own batches")
+
+
+@contextlib.contextmanager
+def _synthetic_data(vocab: int):
+    """Trainer.__init__ without shards or a tokenizer file: the data pieces are replaced, nothing else."""
+    from . import trainer as T
+
+    class Tok:
+        def __init__(self, path, context):
+            self.vocab_size, self.sha256, self.model_path = vocab, "synthetic", None
+
+    patches = {"Tokenizer": Tok, "load_shards": lambda spec: ["synthetic"], "TrainLoader": _Loader}
+    if hasattr(T, "count_samples"):
+        patches["count_samples"] = lambda shards: 0
+    with mock.patch.multiple(T, **patches):
+        yield
+
+
+def _run_config(args, out_dir: str):
+    from .arch import Architecture
+    from .config import DataConfig, RunConfig, TrainConfig
+    arch = Architecture.load(args.arch_file)
+    train = TrainConfig(out_dir=out_dir, steps=10 ** 6, micro_batch=args.batch, lr=LR, warmup=10,
+                        weight_decay=WD, betas=BETAS, eps=EPS, log_every=args.log_every, compile=args.compile,
+                        kernels="auto", optimizer="auto", fingerprints=False)
+    return RunConfig(model=arch, data=DataConfig(shards="synthetic", tokenizer="synthetic", workers=0), train=train)
+
+
+def bench_ours(args, arch, device: torch.device, zero: int) -> dict:
+    from .growth_loop import close
+    from .trainer import Trainer
+    bf16 = device.type == "cuda"
+    ds_config = {"zero_optimization": {"stage": zero}, "gradient_clipping": 1.0, "bf16": {"enabled": bf16}}
+    with tempfile.TemporaryDirectory(prefix="growclip-bench-") as tmp, _synthetic_data(arch.text.vocab):
+        trainer = Trainer(_run_config(args, tmp), ds_config)
+        batch = _batch(arch, args.batch, device, trainer.dtype)
+        it, last = itertools.repeat(batch), []
+
+        def step():
+            last[:] = [trainer.train_step(it)]
+
+        r = _timed(step, args.log_every, args.steps, args.warmup, device, trainer._flush)
+        params = sum(p.numel() for p in trainer.engine.module.parameters())
+        r.update(params=params, zero=zero, precision="bf16 (DeepSpeed)" if bf16 else "fp32",
+                 compile=trainer.compiled, kernels=trainer.kernels, optimizer=trainer.optimizer_kind, ema=True,
+                 loss=last[0]["loss"])
+        close(trainer)
+    return r
+
+
+# ---- driver -----------------------------------------------------------------------------------------------------
+def _finish(r: dict, args, arch, peak: float | None) -> dict:
+    sps = args.steps * args.batch / r.pop("seconds")
+    r["samples_per_s"] = round(sps, 1)
+    r["mfu"] = round(3 * arch.flops_per_sample() * sps / (peak * 1e12), 4) if peak else None
+    return r
+
+
+def _dist_env() -> None:
+    for k, v in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(k, v)
+    if "MASTER_PORT" not in os.environ:
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", default=None, help="vit-b-16 | vit-b-32 | vit-l-14 | tiny | a file under "
+                   "configs/models (default: vit-b-16 on CUDA, tiny on a CPU)")
+    p.add_argument("--batch", type=int, default=None, help="default: 256 on CUDA, 64 on a CPU")
+    p.add_argument("--zero", default="2", help="ZeRO stage(s) of our side, comma-separated (1, 2)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 30 on CUDA, 20 on a CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 8 on CUDA, 3 on a CPU)")
+    p.add_argument("--compile", choices=["on", "off"], default="on")
+    p.add_argument("--log-every", type=int, default=10, help="host sync every N steps, both sides")
+    p.add_argument("--out", help="also write the JSON result here")
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    args.model = args.model or ("vit-b-16" if cuda else "tiny")
+    args.batch = args.batch or (256 if cuda else 64)
+    args.steps = args.steps or (30 if cuda else 20)
+    args.warmup = args.warmup or (8 if cuda else 3)
+    f = Path(args.model)
+    args.arch_file = str(f if f.suffix in (".yaml", ".yml", ".json") else ROOT / "configs" / "models" / f"{f}.yaml")
+    args.model = f.stem
+    args.zeros = [int(z) for z in str(args.zero).split(",")]
+    if any(z not in (1, 2) for z in args.zeros):
+        p.error("--zero takes stages 1 and/or 2")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("pretrain.bench: no CUDA device; use --device cpu", file=sys.stderr)
+        return 2
+    os.chdir(ROOT)
+    _dist_env()
+    from .arch import Architecture
+    arch = Architecture.load(args.arch_file)
+    device = torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
+    peak = _peak_tflops(device)
+    import deepspeed
+    import open_clip
+    result = {"what": "train step samples/s, ours (DeepSpeed trainer) vs OpenCLIP, same process, device, batch",
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} "
+              f"cores visible, {torch.get_num_threads()} torch threads)",
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "torch": torch.__version__, "deepspeed": deepspeed.__version__, "open_clip": open_clip.__version__,
+              "model": args.model, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+              "log_every": args.log_every, "flops_per_sample_fwd": arch.flops_per_sample(), "peak_tflops": peak}
+    result["open_clip_side"] = _finish(bench_openclip(args, arch, device), args, arch, peak)
+    _free(device)
+    print(json.dumps({"open_clip": result["open_clip_side"]}), flush=True)
+    result["ours"] = {}
+    for zero in args.zeros:
+        ours = _finish(bench_ours(args, arch, device, zero), args, arch, peak)
+        _free(device)
+        ours["ratio_vs_open_clip"] = round(ours["samples_per_s"] / result["open_clip_side"]["samples_per_s"], 3)
+        result["ours"][f"zero{zero}"] = ours
+        print(json.dumps({f"ours_zero{zero}": ours}), flush=True)
+    best = max(result["ours"].values(), key=lambda r: r["samples_per_s"])
+    result["ratio"] = best["ratio_vs_open_clip"]
+    text = json.dumps(result, indent=1)
+    print(text)
+    print(f"ratio ours/OpenCLIP samples/s ({args.model}, batch {args.batch}, {args.device}): {result['ratio']}")
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
