@@ -1,15 +1,17 @@
 """End-to-end training-step benchmark: our trainer's step against OpenCLIP's, same process, device, model and batch.
 
     python -m pretrain.bench [--device cuda|cpu] [--model vit-b-16] [--batch 256] [--zero 2] [--steps 30]
-                             [--warmup 8] [--compile on|off] [--log-every 10] [--out FILE]
+                             [--warmup 8] [--compile on|off] [--clip 0] [--log-every 10] [--out FILE]
 
 Ours: `Trainer.train_step` (pretrain/trainer.py), i.e. what `Trainer.train` runs per step: DeepSpeed ZeRO-1 or -2
 (--zero, one or more), bf16 on CUDA (fp32 on a CPU), train.compile, train.kernels=auto, train.optimizer=auto
-(fused AdamW on CUDA), gradient clipping 1.0, the EMA update, and a host sync every --log-every steps (`_flush`).
+(fused AdamW on CUDA), the EMA update, and a host sync every --log-every steps (`_flush`).
 OpenCLIP: `open_clip.create_model(NAME, output_dict=True)` (the tiny model: the same architecture through
 `pretrain.model.openclip.openclip_config`), torch.compile, AdamW (fused on CUDA, OpenCLIP's no-decay groups),
 bf16 autocast on CUDA (fp32 on a CPU), ClipLoss, the logit-scale clamp, `loss.item()` every --log-every steps.
-Both get the same random batch, already on the device (the data pipeline is not measured), lr 5e-4, betas
+Gradient clipping (--clip, both sides): 0 = none, OpenCLIP's default; else DeepSpeed's `gradient_clipping` for ours
+(which checks the norm on the host, one sync per step) and `clip_grad_norm_` for OpenCLIP. Both get the same random
+batch, already on the device (the data pipeline is not measured), lr 5e-4, betas
 (0.9, 0.98), eps 1e-6, weight decay 0.2. OpenCLIP runs first and is freed before ours is built.
 
 Reported per side: samples/s over --steps timed steps after --warmup steps (compilation happens there), MFU
@@ -115,6 +117,7 @@ def bench_openclip(args, arch, device: torch.device) -> dict:
     groups = [{"params": [p for n, p in named if exclude(n, p) and p.requires_grad], "weight_decay": 0.0},
               {"params": [p for n, p in named if not exclude(n, p) and p.requires_grad], "weight_decay": WD}]
     opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, **({"fused": True} if device.type == "cuda" else {}))
+    params_list = [p for p in model.parameters() if p.requires_grad]
     loss_fn = ClipLoss()
     run = torch.compile(model) if args.compile == "on" else model
     images, texts = _batch(arch, args.batch, device, torch.float32)
@@ -128,6 +131,8 @@ def bench_openclip(args, arch, device: torch.device) -> dict:
             loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(params_list, args.clip)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
@@ -189,7 +194,7 @@ def bench_ours(args, arch, device: torch.device, zero: int) -> dict:
     from .growth_loop import close
     from .trainer import Trainer
     bf16 = device.type == "cuda"
-    ds_config = {"zero_optimization": {"stage": zero}, "gradient_clipping": 1.0, "bf16": {"enabled": bf16}}
+    ds_config = {"zero_optimization": {"stage": zero}, "gradient_clipping": args.clip, "bf16": {"enabled": bf16}}
     with tempfile.TemporaryDirectory(prefix="growclip-bench-") as tmp, _synthetic_data(arch.text.vocab):
         trainer = Trainer(_run_config(args, tmp), ds_config)
         batch = _batch(arch, args.batch, device, trainer.dtype)
@@ -236,6 +241,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 8 on CUDA, 3 on a CPU)")
     p.add_argument("--compile", choices=["on", "off"], default="on")
     p.add_argument("--log-every", type=int, default=10, help="host sync every N steps, both sides")
+    p.add_argument("--clip", type=float, default=0.0, help="gradient clipping max norm, both sides (0: none)")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
@@ -271,7 +277,8 @@ def main(argv=None) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "torch": torch.__version__, "deepspeed": deepspeed.__version__, "open_clip": open_clip.__version__,
               "model": args.model, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
-              "log_every": args.log_every, "flops_per_sample_fwd": arch.flops_per_sample(), "peak_tflops": peak}
+              "log_every": args.log_every, "clip": args.clip, "flops_per_sample_fwd": arch.flops_per_sample(),
+              "peak_tflops": peak}
     result["open_clip_side"] = _finish(bench_openclip(args, arch, device), args, arch, peak)
     _free(device)
     print(json.dumps({"open_clip": result["open_clip_side"]}), flush=True)
