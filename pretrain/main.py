@@ -26,7 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--deepspeed_config", default="ds_configs/zero2.json", help="DeepSpeed JSON config")
     p.add_argument("--resume", default=None, help="'latest' (this run's out_dir) or a checkpoint path")
     p.add_argument("--kernels", choices=["auto", "triton", "torch"], default=None,
-                   help="attention + loss kernels (train.kernels); auto: Triton on CUDA, torch elsewhere")
+                   help="attention + loss kernels (train.kernels); auto: per shape, the faster in kernels/records.json "
+                        "for this GPU (SDPA + torch loss without a record, and on CPUs)")
     p.add_argument("--tp", type=int, default=None, help="tensor-parallel size (parallel.tp)")
     p.add_argument("--pp", type=int, default=None, help="pipeline stages (parallel.pp)")
     p.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
