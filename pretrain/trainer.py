@@ -233,6 +233,7 @@ class Trainer:
         error), the Triton kernels included as custom ops. The module's own forward is compiled, not the engine
         call: DeepSpeed's forward hooks (timers, ZeRO bookkeeping) stay eager around it, and parameter names and
         the module's state dict are unchanged. Shapes are static (dynamic=False): one graph per micro-batch shape."""
+        torch._dynamo.reset()  # graphs of an earlier Trainer in this process (before a growth) are dead weight
         module = self.engine.module
         module.forward = torch.compile(module.forward, fullgraph=True, dynamic=False)
         self.loss_fn = torch.compile(self.loss_fn.__call__, fullgraph=True, dynamic=False)
