@@ -27,7 +27,7 @@ from pretrain.data.tokenizer import Tokenizer
 from pretrain.parallel.layout import Layout
 
 from . import universal
-from .candidates import Budget
+from .candidates import Budget, generate
 from .errors import GrowthError
 from .hook import grow_checkpoint
 from .pim import PIM
@@ -35,13 +35,15 @@ from .search import Hyper, SearchConfig, Source, search, table
 
 
 def _collective(fn) -> object:
-    """Run fn on rank 0; every rank gets its result, or the GrowthError it raised."""
+    """Run fn on rank 0; every rank gets its result, or raises a GrowthError with what rank 0 raised (any
+    exception: a rank must never leave the others waiting in a collective)."""
     answer: list = [None, None]
     if dist.get_rank() == 0:
         try:
             answer = [fn(), None]
-        except (GrowthError, ckpt.CheckpointError) as e:
-            answer = [None, str(e)]
+        except Exception as e:  # noqa: BLE001 - forwarded to every rank, which all raise it
+            answer = [None, str(e) if isinstance(e, (GrowthError, ckpt.CheckpointError)) else
+                      f"{e.__class__.__name__}: {e}"]
     dist.broadcast_object_list(answer, src=0)
     if answer[1] is not None:
         raise GrowthError(answer[1])
@@ -73,6 +75,22 @@ def _tensorboard(out: Path, step: int, result: dict, seconds: float) -> None:
     writer.close()
 
 
+def admissible(arch, g: float, budget: Budget, layout: Layout, out: Path, step: int, samples: int,
+               echo=print) -> bool:
+    """Whether the budget admits any candidate (growth/candidates.py: generate, pure and cheap). When it admits
+    none, rank 0 records the rejected moves with their reasons in OUT/growth/search-step<N>.jsonl and says so;
+    nothing is converted or trained."""
+    kept, rejected = generate(arch, g, budget, layout)
+    if kept:
+        return True
+    if dist.get_rank() == 0:
+        record = out / "growth" / f"search-step{step}.jsonl"
+        write_record(record, {"records": [], "rejected": rejected, "g": g, "data_samples": samples}, step)
+        echo(f"[search] step {step}: the budget admits no candidate ({len(rejected)} rejected, e.g. "
+             f"{rejected[0]['move']}: {rejected[0]['reason']}; see {record}); the model keeps its architecture")
+    return False
+
+
 def summary(result: dict, record: Path) -> dict:
     """What the growth history keeps of a search."""
     return {"g": result["g"], "data_samples": result["data_samples"], "record": str(record),
@@ -102,8 +120,11 @@ def auto_grow(source_tag: Path, out: Path, step: int, shards: list[str], samples
                         echo=echo if dist.get_rank() == 0 else (lambda *_: None))
         record = out / "growth" / f"search-step{step}.jsonl"
         if dist.get_rank() == 0:
-            write_record(record, result, step)
-            _tensorboard(out, step, result, time.time() - t0)
+            try:  # a record that cannot be written must not leave the other ranks waiting below
+                write_record(record, result, step)
+                _tensorboard(out, step, result, time.time() - t0)
+            except OSError as e:
+                echo(f"warning: the search record of step {step} could not be written ({e})")
             echo(f"[search] step {step}\n{table(result)}")
         winner = result["winner"]
         if winner is None:
@@ -115,7 +136,8 @@ def auto_grow(source_tag: Path, out: Path, step: int, shards: list[str], samples
         grown = _collective(lambda: str(grow_checkpoint(
             uni, winner["move"], out / "grown" / f"step{step}", layout=target, pim=pim,
             tokenizer=source_tag / "tokenizer.model", echo=echo,
-            extra={"data_samples": samples, "search": summary(result, record)})))
+            extra={"data_samples": samples, "search": summary(result, record),
+                   "source": str(source_tag.resolve())})))  # the save, not the removed conversion
         return Path(grown), result
     finally:
         dist.barrier()

@@ -31,7 +31,7 @@ from pretrain.arch import Architecture
 from pretrain.data.pipeline import TrainLoader
 from pretrain.data.tokenizer import Tokenizer
 from pretrain.loss import clip_loss_torch
-from pretrain.model import CLIP
+from pretrain.model import CLIP, get_backend, set_backend
 from pretrain.optim import cosine_with_warmup, param_groups
 
 from . import universal
@@ -177,6 +177,16 @@ def evaluate_candidate(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, t
     return out
 
 
+def reference_samples(client: dict) -> int | None:
+    """|D| that g is measured against: the data at the last growth (the growth history), else the run's first
+    data size (the trainer keeps it in every checkpoint), else the size the checkpoint trained on."""
+    for h in reversed(client.get("growth_history", [])):
+        if h.get("data_samples"):
+            return int(h["data_samples"])
+    first = client.get("data_samples_first") or client.get("data_samples")
+    return int(first) if first else None
+
+
 def score(result: dict, gflops: float, base_gflops: float, cfg: SearchConfig) -> float:
     s = result["heldout_loss"] + cfg.penalty * math.log2(gflops / base_gflops)
     if cfg.eval_task and result.get("eval_top1") is not None:
@@ -204,26 +214,37 @@ def search(src: Source, shards: list[str], samples: int, g: float, budget: Budge
     train, heldout = proxy_data(shards, tokenizer, src.arch.vision.image_size, cfg, samples)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic at every world size
-    mine = []
+    mine, backend = [], get_backend()
+    set_backend("torch")  # the torch attention everywhere: the same arithmetic in the run and offline
     try:
         for index, cand in enumerate(jobs):
             if index % world != rank:
                 continue
             t0 = time.time()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                result = evaluate_candidate(src, cand.arch, pim, hyper, train, heldout, cfg, tokenizer, device)
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.seed)
+                    result = evaluate_candidate(src, cand.arch, pim, hyper, train, heldout, cfg, tokenizer,
+                                                device)
+            except Exception as e:  # noqa: BLE001 - gathered, then raised on every rank alike
+                mine.append({"index": index, "move": cand.moves, "error": f"{e.__class__.__name__}: {e}"})
+                continue
             mine.append({"index": index, **cand.record(), **result,
                          "score": score(result, cand.gflops, base, cfg), "reference": index == 0,
                          "search_rank": rank, "seconds": round(time.time() - t0, 3), "proxy_steps": cfg.proxy_steps,
                          "proxy_batch": cfg.proxy_batch, "heldout_batches": cfg.heldout_batches})
     finally:
         torch.set_num_threads(threads)
+        set_backend(backend)
     gathered = [mine]
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, mine)
     records = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
+    failed = [r for r in records if "error" in r]
+    if failed:
+        raise GrowthError("the search failed on " + "; ".join(f"candidate {r['move'] or '(no growth)'}: "
+                                                             f"{r['error']}" for r in failed))
     ranked = sorted((r for r in records if not r["reference"]), key=lambda r: (r["score"], r["index"]))
     for place, r in enumerate(ranked, 1):
         r["place"], r["winner"] = place, place == 1
@@ -302,8 +323,7 @@ def main(argv=None) -> int:
         samples = count_samples(shards)
         g = args.g
         if g is None:
-            sizes = [h["data_samples"] for h in src.client.get("growth_history", []) if h.get("data_samples")]
-            before = sizes[-1] if sizes else src.client.get("data_samples")
+            before = reference_samples(src.client)
             if not before:
                 raise GrowthError(f"{tag}: the checkpoint records no data size; pass --g")
             g = samples / before

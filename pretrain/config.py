@@ -211,6 +211,8 @@ def validate_stages(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: data.shards is empty; point it at a manifest.json or shard pattern")
     if d.shards and d.stages:
         raise ConfigError(f"{source}: set data.shards or data.stages, not both")
+    if d.stage_steps and not d.stages:
+        raise ConfigError(f"{source}: data.stage_steps is set but data.stages is empty; name the stages")
     if d.stages and len(d.stage_steps) != len(d.stages) - 1:
         raise ConfigError(f"{source}: data.stage_steps has {len(d.stage_steps)} entries for {len(d.stages)} "
                           f"data.stages; give the step at which each stage after the first arrives")

@@ -37,7 +37,7 @@ from growth.candidates import Budget
 from growth.errors import GrowthError
 from growth.hook import grow_checkpoint
 from growth.pim import PIM
-from growth.search import SearchConfig
+from growth.search import SearchConfig, reference_samples
 from growth.space import check_growth, target_architecture, validate_layout
 
 from . import checkpoint as ckpt
@@ -173,14 +173,8 @@ class GrowingRun:
         return samples > self.reference and samples >= self.reference * self.cfg.growth.data_ratio
 
     def _reference_samples(self, client: dict) -> int:
-        """|D| at the last growth (the growth history), else at the start: what g is measured against."""
-        for h in reversed(self.history):
-            if h.get("data_samples"):
-                return int(h["data_samples"])
-        if self.stages:
-            return count_samples(self.stages[0])
-        first = client.get("data_samples_first") or client.get("data_samples")
-        return int(first or count_samples(self.cfg.data.shards))
+        """|D| at the last growth, else at the start of the run: what g is measured against."""
+        return reference_samples(client) or count_samples(self.stages[0] if self.stages else self.cfg.data.shards)
 
     def _check_plan(self, arch: Architecture, start: int) -> None:
         """Every pending written move against the architecture and layout it will meet, before any training."""
@@ -210,6 +204,22 @@ class GrowingRun:
                 raise ConfigError(f"growth.moves[{g.index}] ({g.moves!r} at step {g.step}, tp={g.tp}, "
                                   f"pp={g.pp}): {e}") from e
             arch = grown
+        if self.cfg.growth.mode == "auto":
+            self._check_auto(start)
+
+    def _check_auto(self, start: int) -> None:
+        """What an automatic growth at a stage boundary needs, before any training: no grown folder of a later
+        attempt in the way, and enough distinct samples in each stage for the search's proxy data."""
+        for b, stage in self.boundaries:
+            folder = self.out / "grown" / f"step{b}"
+            if b > start and folder.exists():
+                raise ConfigError(f"data.stage_steps: {folder} exists from an earlier attempt that went past step "
+                                  f"{start}; remove it, or resume that attempt")
+            s = search_of(self.cfg)
+            need, have = (s.proxy_steps + s.heldout_batches) * s.proxy_batch, count_samples(self.stages[stage])
+            if need > have:
+                raise ConfigError(f"growth.proxy_steps/heldout_batches/proxy_batch: the search needs {need} distinct "
+                                  f"samples of data.stages[{stage}], which holds {have}")
 
     def _next_stop(self) -> int:
         """stop_after of the next segment: the next event step, or the user's train.stop_after if sooner."""
@@ -250,37 +260,44 @@ class GrowingRun:
             self._cross(*self._due())
 
     def _cross(self, growth: GrowthStep | None, stage: int | None, data_grew: bool) -> None:
-        """Grow and/or let the next stage in at this step, then restart the trainer on the same ranks."""
-        step = self.trainer.step
-        layout = (self.trainer.layout.tp, self.trainer.layout.pp)
+        """Grow and/or let the next stage in at this step, then restart the trainer on the same ranks. The
+        trainer is closed before growing, so the search and the growth have the memory to themselves; when
+        nothing changes (no growth due or affordable, no new stage) the trainer goes on as it is."""
+        step, rank, arch = self.trainer.step, self.trainer.rank, self.trainer.arch
+        layout = Layout.for_world(self.world, self.trainer.layout.tp, self.trainer.layout.pp)
         shards = self.stages[stage] if stage is not None else self.trainer.shards
         samples = count_samples(shards)
-        resume = self.source
-        if growth is not None:
-            resume = self._grow(growth, samples)
-            layout = (growth.tp, growth.pp)
-            self.pending.pop(0)
-        elif self.cfg.growth.mode == "auto" and (stage is not None or data_grew):
-            g = samples / max(self.reference, 1)
-            if self._growth_due(samples):
-                grown, result = self._search(step, shards, samples, g)
-                if grown is not None:
-                    resume, layout = grown, (result["winner"]["tp"], result["winner"]["pp"])
-            elif self.trainer.rank == 0:
-                print(f"step {step}: data {self.reference} -> {samples} samples (g = {g:.3f}; growth.data_ratio "
-                      f"{self.cfg.growth.data_ratio}): no growth", flush=True)
-        if resume != self.source:
-            self.reference = samples
-        if stage is not None:
-            self.stage = stage
-            self.boundaries.pop(0)
+        search = self.cfg.growth.mode == "auto" and (stage is not None or data_grew) and self._growth_due(samples)
+        if self.cfg.growth.mode == "auto" and (stage is not None or data_grew) and not search and rank == 0:
+            print(f"step {step}: data {self.reference} -> {samples} samples (growth.data_ratio "
+                  f"{self.cfg.growth.data_ratio}): no growth", flush=True)
+        if search:
+            from growth.auto import admissible
+            search = admissible(arch, samples / max(self.reference, 1), budget_of(self.cfg, self.zero_stage),
+                                layout, self.out, step, samples, echo=lambda *a: print(*a, flush=True))
+        if growth is None and stage is None and not search:
+            self.trainer.data_grew = False  # nothing to do: train on
+            return
         trainer, self.trainer = self.trainer, None
         close(trainer)
         del trainer
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        self.trainer = self._trainer(*layout, str(resume))
+        resume, tp_pp = self.source, (layout.tp, layout.pp)
+        if growth is not None:
+            resume, tp_pp = self._grow(growth, samples), (growth.tp, growth.pp)
+            self.pending.pop(0)
+        elif search:
+            grown, result = self._search(step, shards, samples, samples / max(self.reference, 1), layout)
+            if grown is not None:
+                resume, tp_pp = grown, (result["winner"]["tp"], result["winner"]["pp"])
+        if resume != self.source:
+            self.reference = samples
+        if stage is not None:
+            self.stage = stage
+            self.boundaries.pop(0)
+        self.trainer = self._trainer(*tp_pp, str(resume))
 
     def _grow(self, g: GrowthStep, samples: int) -> Path:
         """Rank 0 grows the saved checkpoint while the others wait; every rank gets the grown folder or the error."""
@@ -290,16 +307,17 @@ class GrowingRun:
             try:
                 grow_checkpoint(self.source, g.moves, out, layout=Layout.for_world(self.world, g.tp, g.pp),
                                 pim=self.pim, extra={"data_samples": samples})
-            except (GrowthError, ckpt.CheckpointError) as e:
-                answer = [str(e)]
+            except Exception as e:  # noqa: BLE001 - every rank raises it; none is left waiting in a collective
+                answer = [str(e) if isinstance(e, (GrowthError, ckpt.CheckpointError)) else
+                          f"{e.__class__.__name__}: {e}"]
         dist.broadcast_object_list(answer, src=0)
         if answer[0] is not None:
             raise GrowthError(f"growth.moves[{g.index}] at step {g.step}: {answer[0]}")
         return ckpt.resume_dir(out, str(out))
 
-    def _search(self, step: int, shards: list[str], samples: int, g: float) -> tuple[Path | None, dict]:
+    def _search(self, step: int, shards: list[str], samples: int, g: float, layout: Layout
+                ) -> tuple[Path | None, dict]:
         from growth.auto import auto_grow
-        layout = Layout.for_world(self.world, self.trainer.layout.tp, self.trainer.layout.pp)
         return auto_grow(self.source, self.out, step, shards, samples, g, layout,
                          budget_of(self.cfg, self.zero_stage), self.pim, search_of(self.cfg),
                          echo=lambda *a: print(*a, flush=True))
