@@ -43,9 +43,11 @@ SMALL_MODEL = ["model.vision.layers=2", "model.vision.width=64", "model.vision.h
 
 
 def launch(out_dir: Path, data: dict, *overrides: str, nproc: int = 2, ds_config: str = "ds_configs/zero2.json",
-           resume: str | None = None, check: bool = True, extra_args=()) -> subprocess.CompletedProcess:
-    """extra_args: launcher-level flags of main.py, e.g. ("--tp", "2")."""
-    """`deepspeed --num_gpus N pretrain/main.py ...` on the CPU (gloo), as a user runs it."""
+           resume: str | None = None, check: bool = True, extra_args=(), while_running=None
+           ) -> subprocess.CompletedProcess:
+    """`deepspeed --num_gpus N pretrain/main.py ...` on the CPU (gloo), as a user runs it. extra_args: launcher-level
+    flags of main.py, e.g. ("--tp", "2"); while_running: called with the Popen while the run goes on (its output
+    goes to files meanwhile, so a long wait cannot fill a pipe)."""
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
            str(free_port()), "pretrain/main.py", "--config", "configs/demo.yaml", "--deepspeed_config", ds_config,
            *extra_args]
@@ -55,7 +57,20 @@ def launch(out_dir: Path, data: dict, *overrides: str, nproc: int = 2, ds_config
             "train.micro_batch=16", "train.log_every=1", "train.warmup=2", "data.shuffle_buffer=200",
             *SMALL_MODEL, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if while_running is None:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    else:
+        import tempfile
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            running = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+            try:
+                while_running(running)
+                running.wait(timeout=900)
+            finally:
+                if running.poll() is None:
+                    running.kill()
+            out.seek(0), err.seek(0)
+            proc = subprocess.CompletedProcess(cmd, running.returncode, out.read(), err.read())
     if check and proc.returncode != 0:
         raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

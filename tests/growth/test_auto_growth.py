@@ -9,6 +9,7 @@ between two jobs under a budget that admits nothing: the growth is skipped with 
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -165,13 +166,7 @@ def test_manifest_grown_between_jobs_with_no_affordable_candidate_skips_the_grow
     """Job 1 trains on a manifest of 4 shards; the manifest then lists all 8; job 2 resumes, finds g = 2 and
     searches, but the budget (forward GFLOPs per sample below any growth) admits nothing: the reason is printed,
     the architecture stays, and training goes on over the grown data."""
-    data = tmp_path / "data"
-    data.mkdir()
-    src = json.loads((Path(tiny_data["shards"]) / "manifest.json").read_text())
-    for entry in src["shards"]:
-        shutil.copy(Path(tiny_data["shards"]) / entry["path"], data / entry["path"])
-    manifest = data / "manifest.json"
-    manifest.write_text(json.dumps({**src, "shards": src["shards"][:4], "samples": 1200}))
+    manifest, src = partial_manifest(tiny_data, tmp_path / "data", 4)
     run = tmp_path / "run"
     common = [f"data.shards={manifest}", "train.steps=6", *SEARCH, "growth.max_gflops=0.001"]
     launch(run, tiny_data, *common, "train.stop_after=3", ds_config="ds_configs/zero1.json")
@@ -184,3 +179,45 @@ def test_manifest_grown_between_jobs_with_no_affordable_candidate_skips_the_grow
     trained, rejected = records(run / "growth" / "search-step3.jsonl")
     assert trained == [] and rejected  # nothing converted or proxy-trained
     assert all("GFLOPs/sample > budget" in r["reason"] for r in rejected)
+
+
+def partial_manifest(tiny_data, folder: Path, shards: int) -> tuple[Path, dict]:
+    """A copy of the tiny shards whose manifest lists the first `shards`; returns it and the full manifest."""
+    folder.mkdir()
+    full = json.loads((Path(tiny_data["shards"]) / "manifest.json").read_text())
+    for entry in full["shards"]:
+        shutil.copy(Path(tiny_data["shards"]) / entry["path"], folder / entry["path"])
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({**full, "shards": full["shards"][:shards], "samples": 300 * shards}))
+    return manifest, full
+
+
+@pytest.mark.slow
+def test_a_manifest_that_grows_while_the_job_runs_triggers_the_growth(tiny_data, tmp_path):
+    """data.refresh_every=1 re-reads the manifest each step; the test adds the other 4 shards once step 2 is
+    logged. g = 2 >= growth.data_ratio 1.5, so the trainer stops at the next step, the search runs and the run
+    goes on grown, on the new shards, in the same job."""
+    manifest, full = partial_manifest(tiny_data, tmp_path / "data", 4)
+    run = tmp_path / "run"
+
+    def grow_the_manifest(proc):
+        while proc.poll() is None:
+            log = run / "metrics.jsonl"
+            if log.is_file() and any(json.loads(line)["step"] >= 2 for line in log.read_text().splitlines()):
+                tmp = manifest.with_name("manifest.json.tmp")
+                tmp.write_text(json.dumps(full))
+                tmp.replace(manifest)
+                return
+            time.sleep(0.02)
+
+    launch(run, tiny_data, f"data.shards={manifest}", "train.steps=30", "data.refresh_every=1",
+           "growth.data_ratio=1.5", *SEARCH, ds_config="ds_configs/zero1.json", while_running=grow_the_manifest)
+    m = metrics(run)
+    grown_at = [s for s in m if m[s]["data_samples"] == 2400]
+    assert grown_at and sorted(m) == list(range(1, 31)), "the manifest grew after the run ended"
+    step = grown_at[0] - 1
+    assert [m[s]["data_samples"] for s in m] == [1200] * step + [2400] * (30 - step)
+    assert m[step + 1]["params"] > m[step]["params"]  # grown right where the data grew
+    history = ckpt.read_client_state(run / "checkpoints" / "step00000030")["growth_history"]
+    assert [(h["source_step"], h["data_samples"], h["search"]["g"]) for h in history] == [(step, 2400, 2.0)]
+    assert (run / "growth" / f"search-step{step}.jsonl").is_file()
