@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .arch import Architecture
 from .config import ConfigError, RunConfig
-from .data.manifest import count_samples, load_shards
+from .data.manifest import count_samples, first_missing, load_shards
 from .data.pipeline import TrainLoader
 from .data.tokenizer import Tokenizer
 from .ema import EMA
@@ -401,12 +401,16 @@ class Trainer:
     def _refresh_data(self) -> None:
         """Re-read data.shards (a manifest that grows while the job runs): rank 0 resolves it, every rank adds
         the new shards to its loader, which keeps its place (pretrain/data/pipeline.py). A spec that cannot be
-        read now keeps the current shards, with a warning."""
+        read now, or that no longer lists a shard the run reads, keeps the current shards, with a warning."""
         answer: list = [None]
         if self.rank == 0:
             try:
                 answer = [load_shards(self.cfg.data.shards)]
+                dropped = first_missing(self.shards, answer[0])
+                if dropped is not None:
+                    raise ValueError(f"it no longer lists {dropped}; data may only grow")
             except (OSError, ValueError) as e:
+                answer = [None]
                 print(f"warning: step {self.step}: data.shards could not be re-read ({e}); keeping "
                       f"{len(self.shards)} shards", flush=True)
         dist.broadcast_object_list(answer, src=0)
