@@ -52,10 +52,10 @@ def searches(run: Path) -> dict[int, dict]:
     return out
 
 
-def curves(rows: list[dict], search: dict[int, dict]) -> dict[str, dict]:
+def curves(rows: list[dict], search: dict[int, dict], run: Path | None = None) -> dict[str, dict]:
     """Per panel: the (x, loss) points, each growth's x and label, and each data stage's x span and size. On the
     FLOPs axis a search is a flat stretch: its compute passes while the loss stays where it was."""
-    marks = dict(growths(rows, search))
+    marks = dict(growths(rows, search, run))
     out = {}
     for axis in ("samples", "flops"):
         xs, ys, lines, stages, spans, total, prev = [], [], [], [], [], 0.0, 0
@@ -81,14 +81,24 @@ def curves(rows: list[dict], search: dict[int, dict]) -> dict[str, dict]:
     return out
 
 
-def growths(rows: list[dict], search: dict[int, dict]) -> list[tuple[int, str]]:
+def written_move(run: Path, step: int) -> str:
+    """The move of a written growth, from the growth history of OUT/grown/step<N>."""
+    from pretrain import checkpoint as ckpt
+    folder = run / "grown" / f"step{step}"
+    try:
+        return ckpt.read_client_state(ckpt.resume_dir(folder, str(folder)))["growth_history"][-1]["move"]
+    except (ckpt.CheckpointError, KeyError, IndexError):
+        return "written move"
+
+
+def growths(rows: list[dict], search: dict[int, dict], run: Path | None = None) -> list[tuple[int, str]]:
     """(index into rows of the first step after a growth, label)."""
     out = []
     for i in range(1, len(rows)):
         if rows[i]["gflops"] != rows[i - 1]["gflops"] or rows[i].get("params") != rows[i - 1].get("params"):
             step = rows[i - 1]["step"]
             s = search.get(step)
-            move = (s["winner"] or "no candidate") if s else "written move"
+            move = (s["winner"] or "no candidate") if s else written_move(run, step) if run else "written move"
             label = f"step {step}: {move}" + (f" (search, g={s['g']:.2f})" if s and s.get("g") else "")
             out.append((i, f"{label}\n{rows[i].get('params', 0) / 1e6:.2f}M params"))
     return out
@@ -99,7 +109,7 @@ def plot(run: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = curves(read_metrics(run), searches(run))
+    panels = curves(read_metrics(run), searches(run), run)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     labels = {"samples": "samples seen", "flops": "cumulative training FLOPs (searches included)"}
     for ax, (axis, c) in zip(axes, panels.items()):

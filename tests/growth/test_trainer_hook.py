@@ -162,3 +162,11 @@ def test_resume_checks_read_the_checkpoints_growth_history(growing_run, tiny_dat
     err = capsys.readouterr().err
     assert rc == 2 and named.format(run=growing_run) in err, err
     assert (growing_run / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_the_timeline_labels_written_growths_with_their_moves(growing_run):
+    from growth import timeline
+    rows = timeline.read_metrics(growing_run)
+    labels = [text for _, text in timeline.growths(rows, timeline.searches(growing_run), growing_run)]
+    assert len(labels) == len(GROWTHS) and all(move in text for (move, _), text in zip(GROWTHS.values(), labels))
