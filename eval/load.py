@@ -5,6 +5,10 @@ checkpoint, or an OpenCLIP export (a folder as eval/export.py writes it, or a ba
 `weights="ema"` the momentum (EMA) weights stored in the client state are loaded instead of the live ones.
 An OpenCLIP state dict carries no tokenizer and no head counts: `tokenizer` names the SentencePiece model, and
 heads come from open_clip_config.json beside the weights when there (else OpenCLIP's width / 64).
+
+Every file of a DeepSpeed or universal checkpoint is loaded with weights_only=True (pretrain/checkpoint.py
+check_files) before anything reads it, DeepSpeed's zero_to_fp32 and ds_to_universal included: a file that
+fails (a pickle that would run code, a truncated shard) is a CheckpointError naming it.
 """
 from __future__ import annotations
 
@@ -12,8 +16,6 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain.arch import Architecture
@@ -49,6 +51,7 @@ def load_checkpoint(path: str | Path, weights: str = "live", device: str = "cpu"
         return _load_openclip(path, device, tokenizer)
     base, tag = ckpt.resolve(path)
     tag_dir = base / tag
+    ckpt.check_files(tag_dir)  # before any reader, DeepSpeed's zero_to_fp32 / ds_to_universal included
     client = ckpt.read_client_state(tag_dir)
     arch = Architecture.from_dict(client["architecture"], source=str(tag_dir))
     tok = _tokenizer(Path(tokenizer) if tokenizer else _find_tokenizer(tag_dir, client), arch, tag_dir)
@@ -85,10 +88,9 @@ def _load_openclip(path: Path, device: str, tokenizer: str | Path | None) -> Loa
     weights = path if path.is_file() else next((folder / n for n in OPENCLIP_WEIGHTS if (folder / n).is_file()), None)
     if weights is None:
         raise ckpt.CheckpointError(f"{folder}: no OpenCLIP weights (one of {', '.join(OPENCLIP_WEIGHTS)})")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ckpt.CheckpointError(f"{weights}: not a torch state dict ({e.__class__.__name__}: {e})") from e
+    state = ckpt.load_checked(weights, mmap=False, deepspeed_classes=False)  # weights_only=True; errors name it
+    if not isinstance(state, dict):
+        raise ckpt.CheckpointError(f"{weights}: not a torch state dict (a {type(state).__name__})")
     if ckpt.CLIENT_KEY in state:
         raise ckpt.CheckpointError(f"{weights} is a DeepSpeed model-states file; pass its folder {folder}")
     state = state.get("state_dict", state)  # an OpenCLIP training checkpoint wraps it

@@ -11,7 +11,10 @@ What `ds_to_universal` writes, and what DeepSpeed's universal loading (runtime/b
 The loader treats every `*.pt` in a parameter folder as optimizer state, so nothing else may be written there.
 The cut keys depend on the parameter's shape (sub_param_shape holds sizes) and exist for new parameters too,
 so they are derived afresh from the grown model's universal_checkpoint_info, as ds_to_universal derives them.
-Everything is read with torch.load(weights_only=True), with the few DeepSpeed classes these files hold allowed.
+Everything is read with torch.load(weights_only=True), with the few DeepSpeed classes these files hold allowed
+(pretrain/checkpoint.py safe_globals). A checkpoint a user hands us is checked whole (`find_checkpoint`:
+every file DeepSpeed's ds_to_universal would unpickle with weights_only=False, pretrain/checkpoint.py
+check_files) before anything reads it; a refused or unreadable file is a GrowthError naming it.
 """
 from __future__ import annotations
 
@@ -29,18 +32,27 @@ OPTIMIZER_STATE = "optimizer_state.pt"
 
 
 def load(path: Path, safe_globals=()):
-    """torch.load(weights_only=True), with an error that names the file."""
+    """torch.load(weights_only=True) with DeepSpeed's checkpoint classes (and `safe_globals`) allowed, with an
+    error that names the file: refused (a pickle that would run code) or cannot be read (truncated, corrupt)."""
     try:
-        with torch.serialization.safe_globals(list(safe_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise GrowthError(f"{path}: missing") from e
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt or foreign file
-        raise GrowthError(f"{path}: cannot be read ({e.__class__.__name__}: {str(e).splitlines()[0]})") from e
+        return ckpt.load_checked(path, safe_globals, mmap=False)
+    except ckpt.CheckpointError as e:
+        raise GrowthError(str(e)) from e
+
+
+def check(tag_dir: Path) -> Path:
+    """Every file of the tag folder that DeepSpeed may unpickle, loaded with weights_only=True first
+    (pretrain/checkpoint.py check_files); GrowthError naming the first refused or unreadable one."""
+    try:
+        ckpt.check_files(tag_dir)
+    except ckpt.CheckpointError as e:
+        raise GrowthError(str(e)) from e
+    return tag_dir
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """The tag folder for a run folder, a checkpoints folder, a tag folder, or a ds_to_universal output root."""
+    """The tag folder for a run folder, a checkpoints folder, a tag folder, or a ds_to_universal output root,
+    its files checked (`check`): the entry of every growth path (growth.grow, growth.search, in-run growth)."""
     path = Path(path)
     try:
         base, tag = ckpt.resolve(path)
@@ -52,11 +64,13 @@ def find_checkpoint(path: str | Path) -> Path:
     tag_dir = base / tag
     if not tag_dir.is_dir():
         raise GrowthError(f"{tag_dir}: no such checkpoint tag folder")
-    return tag_dir
+    return check(tag_dir)
 
 
 def to_universal(ds_tag_dir: Path, out_tag_dir: Path) -> Path:
-    """Convert a DeepSpeed (ZeRO 1/2) checkpoint with DeepSpeed's own converter, as a user would."""
+    """Convert a DeepSpeed (ZeRO 1/2) checkpoint with DeepSpeed's own converter, as a user would; its files are
+    checked first (`check`; free for files find_checkpoint checked in this process)."""
+    check(ds_tag_dir)
     proc = ckpt.ds_to_universal(ds_tag_dir, out_tag_dir)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]

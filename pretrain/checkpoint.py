@@ -6,10 +6,24 @@ tokenizer sha256, EMA weights, layout and growth history. `universal_checkpoint_
 `python -m deepspeed.checkpoint.ds_to_universal` converts the checkpoint and universal loading reshards it.
 
 Atomicity: DeepSpeed writes into `<tag>.tmp`; after a barrier rank 0 adds the tokenizer, renames the folder
-to `<tag>` and replaces `latest` by rename. A crash mid-save leaves only a `.tmp` folder that nothing reads.
+to `<tag>` and replaces `latest` by rename. A crash mid-save leaves only a `.tmp` folder that nothing reads (the
+next save removes it). A save that fails (a full disk, a quota) raises CheckpointError naming the folder and
+saying "no space left" when that is the cause; `latest` still names the previous checkpoint. With
+`train.keep_last N`, rank 0 then deletes the older step tags beyond the N newest (`prune`).
+
+Untrusted files: DeepSpeed reads every checkpoint file with `torch.load(weights_only=False)`, which runs any
+code a pickle names. So every file DeepSpeed may read (`checkpoint_files`) is first loaded here with
+`weights_only=True` and only the DeepSpeed classes such files hold (`safe_globals`): `check_files`, used by
+`--resume` (Trainer, before DeepSpeed starts), `python -m eval` (eval/load.py) and growth (growth/universal.py,
+before ds_to_universal). A file that fails is refused with CheckpointError naming it, and runs nothing.
+
+The run's logs agree with its checkpoint: a run that starts at step S (0 for a fresh start, S for a resume)
+drops the records past S from `metrics.jsonl` and `eval.jsonl` (`trim_logs`), so each step appears once.
 """
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import shutil
@@ -54,14 +68,224 @@ def universal_checkpoint_info(names: list[str], vocab: int, tp: int) -> dict:
     }
 
 
+# ---- untrusted files -------------------------------------------------------------------------------------------
+MMAP_ABOVE = 1 << 20  # bytes; a larger file is checked through mmap: its pickle is read, its tensor bytes are not
+_checked: set[tuple] = set()  # (path, device, inode, size, mtime) of the files that passed, in this process
+
+
+def safe_globals() -> list:
+    """The classes, beyond tensors and plain containers, that DeepSpeed 0.19 writes into checkpoint files: the loss
+    scaler (LossScaler; DynamicLossScaler under fp16) and ZeroStageEnum in every ZeRO optimizer shard,
+    fragment_address in the ZeRO-1/2 shards' `param_slice_mappings`, SubparamShape in universal fp32/exp_avg
+    files of fused QKV weights. Found by saving ZeRO 0-3 (fp32, bf16), tp=2, pp=2 (ZeRO 0/1, fp32 and bf16) and
+    universal checkpoints and listing what `torch.serialization.get_unsafe_globals_in_checkpoint` reports; the
+    model-states and layer files need none. Each is plain data: unpickling one builds the object and sets its
+    fields, running no code the file chooses."""
+    from deepspeed.checkpoint.universal_checkpoint import SubparamShape
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, SubparamShape]
+
+
+def checkpoint_files(tag_dir: Path) -> list[Path]:
+    """Every file of a tag folder that DeepSpeed's loaders, zero_to_fp32 or ds_to_universal may unpickle: the
+    `*.pt` files (mp_rank_*_model_states.pt, *zero_pp_rank_*_optim_states.pt incl. bf16_*, layer_*-model_states.pt)
+    and, in a universal checkpoint, zero/optimizer_state.pt and zero/<param>/*.pt."""
+    tag_dir = Path(tag_dir)
+    return sorted(p for pattern in ("*.pt", "zero/*.pt", "zero/*/*.pt") for p in tag_dir.glob(pattern))
+
+
+def describe_load_error(path: Path, e: BaseException) -> str:
+    """One line for a file torch.load(weights_only=True) did not take: a refused pickle (it names a global that
+    a checkpoint never holds, e.g. a function it would call) or an unreadable (truncated, corrupt) file."""
+    text = str(e)
+    unsafe = re.search(r"GLOBAL ([\w.]+)", text)
+    if "Weights only load failed" in text:
+        what = f" (it names {unsafe.group(1)})" if unsafe else ""
+        return (f"{path}: refused: its pickle holds more than tensors and DeepSpeed's checkpoint classes{what}; "
+                f"loading it could run code, so it is not loaded. Use checkpoints only from sources you trust")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{path}: cannot be read, truncated or corrupt? ({e.__class__.__name__}: {first})"
+
+
+def load_checked(path: Path, extra_globals=(), mmap: bool | None = None, deepspeed_classes: bool = True):
+    """torch.load(weights_only=True) with DeepSpeed's checkpoint classes (unless deepspeed_classes=False: a plain
+    state dict, read without importing DeepSpeed) and `extra_globals` allowed; CheckpointError naming the file
+    (describe_load_error) otherwise. mmap None: for files over MMAP_ABOVE bytes."""
+    path = Path(path)
+    try:
+        if mmap is None:
+            mmap = path.stat().st_size > MMAP_ABOVE
+        allowed = [*(safe_globals() if deepspeed_classes else []), *extra_globals]
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: missing") from e
+    except Exception as e:  # noqa: BLE001 - any unpickling failure: a refused or corrupt file, named
+        raise CheckpointError(describe_load_error(path, e)) from e
+
+
+def check_files(tag_dir: Path, rank: int = 0, world: int = 1) -> int:
+    """Load every file of `checkpoint_files(tag_dir)` (this rank's share: every world-th from `rank`) with
+    weights_only=True; the first that fails raises CheckpointError naming it. Returns how many were checked.
+
+    Cost: a file over MMAP_ABOVE is mapped, not read: its pickle (names, shapes, small values) is parsed, its
+    tensor bytes are not touched. Measured on the CPU (page cache warm): the tiny test checkpoints (ZeRO 0-3,
+    tp/pp 2; 8-12 MB in 1-10 files) 20-65 ms, the demo's ZeRO-2 save (32 MB, 3 files) 40 ms, a grown universal
+    checkpoint of the tiny model (250 small files) 0.3 s; a 1 GiB tensor file with a cold cache 0.04-0.08 s
+    with mmap against 1.2-1.7 s read whole. A file that passed in this process (same path, inode, size and
+    mtime) is not checked again, so the paths that check twice (eval, then zero_to_fp32; growth, then
+    ds_to_universal) pay once."""
+    files = checkpoint_files(tag_dir)[rank::world]
+    for f in files:
+        st = f.stat()
+        key = (str(f.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in _checked:
+            continue
+        load_checked(f)
+        _checked.add(key)
+    return len(files)
+
+
+def check_files_collective(tag_dir: Path) -> None:
+    """check_files over the ranks of the job, each taking its share; every rank raises the same CheckpointError
+    (the first failing file's) or none. Collective (deepspeed.comm, initialised)."""
+    import deepspeed.comm as dist
+    error = None
+    try:
+        check_files(tag_dir, dist.get_rank(), dist.get_world_size())
+    except CheckpointError as e:
+        error = str(e)
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    first = next((e for e in errors if e), None)
+    if first:
+        raise CheckpointError(first)
+
+
+# ---- writing -----------------------------------------------------------------------------------------------------
+LOW_SPACE = 64 << 20  # bytes; a write that fails with less free than this on its filesystem failed for want of it
+TAG_RE = re.compile(r"step(\d+)")
+
+
+def check_out_dir(out_dir: str | Path) -> None:
+    """train.out_dir can hold the run: a folder, or a path whose nearest existing folder lets one be made, in
+    which a file can be written. One-line errors (ConfigError) for a file in the way, a read-only filesystem,
+    no permission, a full disk. Called before any work (pretrain/main.py). The probe is a uniquely named
+    temporary folder (every rank makes its own) with a 4 KiB file in it, removed at once; out_dir itself is not
+    created here. Root ignores permission bits, so for root only a read-only filesystem, a file in the path or
+    a full disk fails here."""
+    import tempfile
+
+    from .config import ConfigError
+    out = Path(out_dir).absolute()
+    try:
+        for p in (out / "checkpoints", out, *out.parents):
+            if p.exists() and not p.is_dir():
+                what = "is" if p == out else "is inside"
+                raise ConfigError(f"train.out_dir={out_dir} {what} a file ({p}), not a folder; set train.out_dir to "
+                                  f"a folder")
+        where = next(p for p in (out, *out.parents) if p.is_dir())
+        probe = Path(tempfile.mkdtemp(prefix=".growclip-write-test-", dir=where))
+        try:
+            with open(probe / "probe", "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+    except OSError as e:
+        reason = {errno.EROFS: "is on a read-only filesystem", errno.EACCES: "is not writable (permission denied)",
+                  errno.EPERM: "is not writable (permission denied)", errno.ENOSPC: "has no space left on device",
+                  errno.EDQUOT: "is over its disk quota"}.get(e.errno, f"cannot be written ({e.strerror or e})")
+        raise ConfigError(f"train.out_dir={out_dir} {reason}{f' ({e.filename})' if e.filename else ''}; "
+                          f"set train.out_dir to a writable folder") from e
+
+
+def _failed_write(folder: Path, ckpt_dir: Path, e: BaseException) -> CheckpointError:
+    """The error of a save that failed while writing `folder`: "no space left" when the filesystem is full (an
+    ENOSPC, or torch's stream writer failing with under LOW_SPACE bytes free: it reports no errno), else the
+    cause; either way it says which checkpoint stays `latest`."""
+    chain, x = [], e
+    while x is not None and len(chain) < 10:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    code = next((x.errno for x in chain if isinstance(x, OSError) and x.errno), None)
+    try:
+        free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+    except (OSError, StopIteration):
+        free = None
+    latest = ckpt_dir / "latest"
+    kept = (f"{latest} still names {latest.read_text().strip()}" if latest.is_file()
+            else "there is no earlier checkpoint")
+    cause = f"{e.__class__.__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    if code == errno.ENOSPC or (code is None and free is not None and free < LOW_SPACE):
+        return CheckpointError(f"no space left on device while saving the checkpoint {folder} ({free} bytes free; "
+                               f"{cause}); the save is incomplete and {kept}. Free space (train.keep_last N keeps "
+                               f"only the newest checkpoints), then --resume latest")
+    if code == errno.EDQUOT:
+        return CheckpointError(f"disk quota exceeded while saving the checkpoint {folder} ({cause}); {kept}")
+    return CheckpointError(f"saving the checkpoint {folder} failed ({cause}); {kept}")
+
+
+def prune(ckpt_dir: Path, keep_last: int, saved: str) -> list[Path]:
+    """train.keep_last: delete the step tags older than the one just `saved` beyond the `keep_last` newest (by
+    step, `saved` counted), never the tag `latest` names. Tags past `saved` (left by a run that went further
+    before this one resumed from an earlier step) are not touched. Returns the deleted folders. Rank 0, after
+    `latest` names `saved`."""
+    if keep_last <= 0:
+        return []
+    latest_file = ckpt_dir / "latest"
+    latest = latest_file.read_text().strip() if latest_file.is_file() else saved
+    limit = int(TAG_RE.fullmatch(saved).group(1))
+    tags = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
+                  if p.is_dir() and (m := TAG_RE.fullmatch(p.name)) and int(m.group(1)) <= limit)
+    doomed = [p for _, p in tags[:-keep_last] if p.name not in (latest, saved)]
+    for p in doomed:
+        try:
+            shutil.rmtree(p)
+        except OSError as e:
+            print(f"warning: train.keep_last: could not delete {p} ({e})", flush=True)
+    return doomed
+
+
+def trim_logs(out_dir: Path, step: int) -> dict[str, int]:
+    """Drop the records after `step` from OUT/metrics.jsonl and OUT/eval.jsonl (and a line a crash cut short),
+    each rewritten atomically (a temporary file, then a rename): a run that starts at `step` writes those steps
+    again. Returns {file name: records dropped} for the files that changed. Rank 0, before training."""
+    dropped = {}
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        path = Path(out_dir) / name
+        if not path.is_file():
+            continue
+        keep, n = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                past = isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step
+            except json.JSONDecodeError:
+                past = bool(line.strip())
+            if past:
+                n += 1
+            elif line.strip():
+                keep.append(line + "\n")
+        if n:
+            _write_atomic(path, "".join(keep))
+            dropped[name] = n
+    return dropped
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def save(engine, ckpt_dir: str | Path, step: int, client: dict, uc_info: dict, tokenizer_path: str) -> Path:
-    """Collective: every rank calls it. Returns the final tag folder."""
+def save(engine, ckpt_dir: str | Path, step: int, client: dict, uc_info: dict, tokenizer_path: str,
+         keep_last: int = 0) -> Path:
+    """Collective: every rank calls it. Returns the final tag folder. A failed write raises CheckpointError
+    (`_failed_write`) on the rank that saw it; `latest` is untouched."""
     import deepspeed.comm as dist
 
     ckpt_dir = Path(ckpt_dir)
@@ -70,17 +294,25 @@ def save(engine, ckpt_dir: str | Path, step: int, client: dict, uc_info: dict, t
     tmp_tag = tag + ".tmp"
     if dist.get_rank() == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+        for stale in ckpt_dir.glob("step*.tmp"):  # this save's, and those of saves that crashed or failed
+            shutil.rmtree(stale, ignore_errors=True)
     dist.barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, save_latest=False,
-                           client_state={CLIENT_KEY: client, "universal_checkpoint_info": uc_info})
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, save_latest=False,
+                               client_state={CLIENT_KEY: client, "universal_checkpoint_info": uc_info})
+    except Exception as e:  # noqa: BLE001 - C++ stream errors included: say what it means, name the folder
+        raise _failed_write(ckpt_dir / tmp_tag, ckpt_dir, e) from e
     dist.barrier()
     if dist.get_rank() == 0:
-        shutil.copyfile(tokenizer_path, ckpt_dir / tmp_tag / "tokenizer.model")
-        if final.exists():  # a re-run of the same step: keep the new one, never a half-written mix
-            shutil.rmtree(final)
-        os.replace(ckpt_dir / tmp_tag, final)
-        _write_atomic(ckpt_dir / "latest", tag)
+        try:
+            shutil.copyfile(tokenizer_path, ckpt_dir / tmp_tag / "tokenizer.model")
+            if final.exists():  # a re-run of the same step: keep the new one, never a half-written mix
+                shutil.rmtree(final)
+            os.replace(ckpt_dir / tmp_tag, final)
+            _write_atomic(ckpt_dir / "latest", tag)
+        except OSError as e:
+            raise _failed_write(ckpt_dir / tmp_tag, ckpt_dir, e) from e
+        prune(ckpt_dir, keep_last, tag)
     dist.barrier()
     return final
 
@@ -117,24 +349,19 @@ def is_universal(tag_dir: Path) -> bool:
 
 
 def read_client_state(tag_dir: Path) -> dict:
-    """Our client state, read without DeepSpeed (weights_only=True; tensors and plain containers only)."""
+    """Our client state, read without DeepSpeed (weights_only=True: tensors, plain containers, safe_globals)."""
     f = tag_dir / MODEL_STATES
     if not f.is_file():
         raise CheckpointError(f"{tag_dir}: missing {MODEL_STATES}")
-    try:
-        sd = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise CheckpointError(f"{f}: cannot be read ({e.__class__.__name__}: {e})") from e
-    if CLIENT_KEY not in sd:
+    sd = load_checked(f, mmap=False)
+    if not isinstance(sd, dict) or CLIENT_KEY not in sd:
         raise CheckpointError(f"{f}: no '{CLIENT_KEY}' client state; not a GrowCLIP checkpoint")
     return sd[CLIENT_KEY]
 
 
 def load_universal_tensor(path: Path) -> torch.Tensor:
     """One tensor of a universal checkpoint; its metadata may hold DeepSpeed's SubparamShape (fused QKV)."""
-    from deepspeed.checkpoint.universal_checkpoint import SubparamShape
-    with torch.serialization.safe_globals([SubparamShape]):
-        return torch.load(path, map_location="cpu", weights_only=True)["param"]
+    return load_checked(path, mmap=False)["param"]
 
 
 def full_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
@@ -143,6 +370,7 @@ def full_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     if is_universal(tag_dir):
         return {p.name: load_universal_tensor(p / "fp32.pt") for p in sorted((tag_dir / "zero").iterdir())
                 if p.is_dir()}
+    check_files(tag_dir)  # zero_to_fp32 and ds_to_universal unpickle with weights_only=False
     zero_files = list(tag_dir.glob("*zero_pp_rank_*optim_states.pt"))
     if not zero_files and list(tag_dir.glob("layer_*-model_states.pt")):
         return _pipeline_layers(tag_dir)
@@ -183,10 +411,12 @@ def _via_universal(tag_dir: Path) -> dict[str, torch.Tensor]:
 def ds_to_universal(tag_dir: Path, out_dir: Path):
     """Run DeepSpeed's `ds_to_universal` (a subprocess; returns its CompletedProcess). It matches full paths
     as regular expressions and fails on folders named with "(", "+" or the like, so it is handed plain-named
-    links to the input and the output folder."""
+    links to the input and the output folder. It unpickles with weights_only=False: every file is checked first
+    (check_files; CheckpointError naming a refused or unreadable file)."""
     import subprocess
     import sys
     import tempfile
+    check_files(tag_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="growclip-links-") as links:
         src, dst = Path(links) / "source", Path(links) / "universal"

@@ -49,6 +49,8 @@ class TrainConfig:
     ema_decay: float = 0.999         # the PIM momentum model
     log_every: int = 10
     save_every: int = 0              # 0: only at the end
+    keep_last: int = 0               # after each save, delete the older step tags beyond the N newest (never
+                                     # the one `latest` names); 0: keep all (pretrain/checkpoint.py prune)
     stop_after: int = 0              # stop (and save) after this step, keeping the schedule of `steps`: for
                                      # jobs split across allocations; 0: run to `steps`
     kernels: str = "auto"            # auto: per op and shape, the faster in kernels/records.json for this GPU
@@ -190,6 +192,8 @@ def validate(cfg: RunConfig, source: str) -> None:
             raise ConfigError(f"{source}: train.{name} must be positive, got {getattr(t, name)}")
     if min(t.warmup, t.save_every, t.stop_after, t.eval_every, t.eval_limit) < 0:
         raise ConfigError(f"{source}: train.warmup, save_every, stop_after, eval_every and eval_limit must be >= 0")
+    if t.keep_last < 0:
+        raise ConfigError(f"{source}: train.keep_last must be >= 0 (0 keeps every checkpoint), got {t.keep_last}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"{source}: train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if t.kernels not in ("auto", "torch", "triton"):

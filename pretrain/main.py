@@ -4,7 +4,10 @@
 `growth.at_steps=[N] growth.moves=[MOVE]` grows the model in-process after step N (pretrain/growth_loop.py).
 
 `ds.`-prefixed overrides edit the DeepSpeed config (e.g. ds.zero_optimization.stage=3, ds.bf16.enabled=true).
-Config, checkpoint and layout errors print one clear line and exit with status 2 before any training.
+Config, checkpoint and layout errors print one clear line and exit with status 2 before any training: among
+them a train.out_dir that cannot be written (checked first, before DeepSpeed starts) and a `--resume` checkpoint
+with a file that weights_only=True refuses or cannot read (pretrain/checkpoint.py check_files). A save that
+fails during training (a full disk) also ends with one line and status 2; `latest` names the last complete save.
 """
 import argparse
 import json
@@ -15,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `deepspeed pretrain/main.py` runs a file
 
 from pretrain.arch import ArchitectureError  # noqa: E402
-from pretrain.checkpoint import CheckpointError  # noqa: E402
+from pretrain.checkpoint import CheckpointError, check_out_dir  # noqa: E402
 from pretrain.config import ConfigError, _parse_value, _set, load_run_config  # noqa: E402
 from pretrain.parallel.layout import LayoutError  # noqa: E402
 
@@ -59,12 +62,17 @@ def main(argv=None) -> int:
     try:
         cfg = load_run_config(args.config, run_over)
         ds_config = load_ds_config(args.deepspeed_config, ds_over)
+        check_out_dir(cfg.train.out_dir)
         from pretrain.growth_loop import GrowingRun
         run = GrowingRun(cfg, ds_config, resume=args.resume)
     except (ConfigError, ArchitectureError, CheckpointError, LayoutError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    run.train()
+    try:
+        run.train()
+    except CheckpointError as e:  # a save that failed (no space left, ...): one line; the launcher stops the rest
+        print(f"\nerror: {e}", file=sys.stderr, flush=True)  # on a line of its own, after the progress bar
+        return 2
     return 0
 
 

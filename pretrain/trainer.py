@@ -155,6 +155,8 @@ class Trainer:
 
         init_distributed()
         self.rank = dist.get_rank()
+        if resume_dir:  # every file DeepSpeed will unpickle, loaded with weights_only=True first (a share per rank)
+            ckpt.check_files_collective(resume_dir)
         mpu, topology = init_groups(self.layout)
         self.dp_rank, self.tp_rank = mpu.get_data_parallel_rank(), mpu.get_tensor_model_parallel_rank()
         self.dp_group, self.tp_group = mpu.get_data_parallel_group(), mpu.get_tensor_model_parallel_group()
@@ -208,6 +210,10 @@ class Trainer:
         self._bar = None
         if resume_dir:
             self._restore(resume_dir, client)
+        if self.rank == 0:  # the records past the start step (a run that went further, then stopped) are redone
+            for name, n in ckpt.trim_logs(self.out, self.step).items():
+                print(f"trainer: {name}: dropped {n} records after step {self.step}, the step this run starts "
+                      f"from", flush=True)
         self.ema.bind(self._ema_sources())  # bound once: the EMA update is two multi-tensor calls per step
         if self.compiled:
             self._compile()
@@ -363,7 +369,7 @@ class Trainer:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(self.out / "tb"))
+            writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1)  # hides events past the start
             (self.out / "run_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
         bar = self._bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train",
                                dynamic_ncols=True)
@@ -505,4 +511,4 @@ class Trainer:
                   "samples": self.samples_seen, "data_samples": self.data_samples,
                   "data_samples_first": self.data_samples_first}
         return ckpt.save(self.engine, self.out / "checkpoints", self.step, client, self.uc_info,
-                         self.tokenizer.model_path)
+                         self.tokenizer.model_path, keep_last=self.cfg.train.keep_last)
