@@ -14,6 +14,8 @@ Gradient clipping (--clip, both sides): 0 = none, OpenCLIP's default; else DeepS
 batch, already on the device (the data pipeline is not measured), lr 5e-4, betas
 (0.9, 0.98), eps 1e-6, weight decay 0.2. OpenCLIP runs first and is freed before ours is built.
 
+Timing: on CUDA each side alone (built, warmed, timed, freed); on a CPU (--rounds 4) OpenCLIP and ours stay
+alive together and are timed in alternating chunks, so that the changing load of a shared machine weighs on both.
 Reported per side: samples/s over --steps timed steps after --warmup steps (compilation happens there), MFU
 (3 x forward FLOPs per sample, `Architecture.flops_per_sample`, over the card's dense bf16 peak; None on CPUs and
 unknown GPUs), peak memory allocated during the timed steps (CUDA only), and ours/OpenCLIP samples/s as JSON.
@@ -67,32 +69,43 @@ def _peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(device)), None)
 
 
-def _timed(step, sync_every: int, steps: int, warmup: int, device: torch.device, sync) -> dict:
-    t0 = time.perf_counter()
-    for i in range(warmup):
-        step()
-        if (i + 1) % sync_every == 0 or i + 1 == warmup:
-            sync()
+class Side:
+    """One side of the comparison, built and ready: `step()` runs one training step, `sync()` waits for the host
+    values a logging step reads, `close()` releases it."""
+
+    def __init__(self, step, sync, info: dict, close=None):
+        self.step, self.sync, self.info, self._close = step, sync, info, close
+
+    def close(self) -> None:
+        if self._close:
+            self._close()
+
+
+def _run(side: Side, n: int, sync_every: int, device: torch.device) -> float:
+    """Seconds for n steps, with a host sync every sync_every steps and at the end."""
     _sync(device)
-    warmup_s = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    for i in range(steps):
-        step()
+    for i in range(n):
+        side.step()
         if (i + 1) % sync_every == 0:
-            sync()
-    sync()
+            side.sync()
+    side.sync()
     _sync(device)
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
-    return {"seconds": seconds, "warmup_s": round(warmup_s, 2), "peak_gib": None if peak is None else round(peak, 2)}
+    return time.perf_counter() - t0
+
+
+def _warm(side: Side, args, device: torch.device) -> None:
+    side.info["warmup_s"] = round(_run(side, args.warmup, args.log_every, device), 2)
 
 
 def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if device.type == "cuda" else None
 
 
 # ---- OpenCLIP ------------------------------------------------------------------------------------------------
@@ -107,23 +120,22 @@ def openclip_model(model_name: str, arch):
     return OpenCLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], output_dict=True)
 
 
-def bench_openclip(args, arch, device: torch.device) -> dict:
+def openclip_side(args, arch, device: torch.device) -> Side:
     from open_clip.loss import ClipLoss
     torch.manual_seed(0)
     model = openclip_model(args.model, arch).to(device)
-    params = sum(p.numel() for p in model.parameters())
     exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
-    named = list(model.named_parameters())
-    groups = [{"params": [p for n, p in named if exclude(n, p) and p.requires_grad], "weight_decay": 0.0},
-              {"params": [p for n, p in named if not exclude(n, p) and p.requires_grad], "weight_decay": WD}]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+              {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": WD}]
     opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, **({"fused": True} if device.type == "cuda" else {}))
-    params_list = [p for p in model.parameters() if p.requires_grad]
+    params = [p for _, p in named]
     loss_fn = ClipLoss()
     run = torch.compile(model) if args.compile == "on" else model
     images, texts = _batch(arch, args.batch, device, torch.float32)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
-    last = []
+    state = {"loss": None}
 
     def step():
         with autocast:
@@ -132,17 +144,19 @@ def bench_openclip(args, arch, device: torch.device) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.clip:
-            torch.nn.utils.clip_grad_norm_(params_list, args.clip)
+            torch.nn.utils.clip_grad_norm_(params, args.clip)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        last[:] = [loss]
+        state["last"] = loss
 
-    r = _timed(step, args.log_every, args.steps, args.warmup, device, lambda: last and last[0].item())
-    r.update(params=params, loss=float(last[0].item()), compile=args.compile,
-             precision="bf16 autocast" if device.type == "cuda" else "fp32",
-             optimizer="AdamW(fused=True)" if device.type == "cuda" else "AdamW")
-    return r  # the model, optimizer and compiled graphs go with this frame; the caller collects them
+    def sync():
+        state["loss"] = state["last"].item()
+
+    info = dict(params=sum(p.numel() for p in model.parameters()), compile=args.compile,
+                precision="bf16 autocast" if device.type == "cuda" else "fp32",
+                optimizer="AdamW(fused=True)" if device.type == "cuda" else "AdamW", last_loss=state)
+    return Side(step, sync, info)
 
 
 # ---- ours -------------------------------------------------------------------------------------------------------
@@ -190,36 +204,98 @@ def _run_config(args, out_dir: str):
     return RunConfig(model=arch, data=DataConfig(shards="synthetic", tokenizer="synthetic", workers=0), train=train)
 
 
-def bench_ours(args, arch, device: torch.device, zero: int) -> dict:
+def ours_side(args, arch, device: torch.device, zero: int) -> Side:
     from .growth_loop import close
     from .trainer import Trainer
     bf16 = device.type == "cuda"
     ds_config = {"zero_optimization": {"stage": zero}, "gradient_clipping": args.clip, "bf16": {"enabled": bf16}}
-    with tempfile.TemporaryDirectory(prefix="growclip-bench-") as tmp, _synthetic_data(arch.text.vocab):
-        trainer = Trainer(_run_config(args, tmp), ds_config)
-        batch = _batch(arch, args.batch, device, trainer.dtype)
-        it, last = itertools.repeat(batch), []
+    stack = contextlib.ExitStack()
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="growclip-bench-"))
+    stack.enter_context(_synthetic_data(arch.text.vocab))
+    trainer = Trainer(_run_config(args, tmp), ds_config)
+    it, state = itertools.repeat(_batch(arch, args.batch, device, trainer.dtype)), {"loss": None}
 
-        def step():
-            last[:] = [trainer.train_step(it)]
+    def step():
+        state["last"] = trainer.train_step(it)
 
-        r = _timed(step, args.log_every, args.steps, args.warmup, device, trainer._flush)
-        params = sum(p.numel() for p in trainer.engine.module.parameters())
-        r.update(params=params, zero=zero, precision="bf16 (DeepSpeed)" if bf16 else "fp32",
-                 compile=trainer.compiled, kernels=trainer.kernels, optimizer=trainer.optimizer_kind, ema=True,
-                 loss=last[0]["loss"])
+    def sync():
+        trainer._flush()
+        state["loss"] = state["last"]["loss"]
+
+    def release():
         close(trainer)
+        stack.close()
+
+    info = dict(params=sum(p.numel() for p in trainer.engine.module.parameters()), zero=zero,
+                precision="bf16 (DeepSpeed)" if bf16 else "fp32", compile=trainer.compiled, kernels=trainer.kernels,
+                optimizer=trainer.optimizer_kind, ema=True, last_loss=state)
+    return Side(step, sync, info, release)
+
+
+def _report(side: Side, samples: int, seconds: float, args, arch, peak: float | None) -> dict:
+    r = {k: v for k, v in side.info.items() if k != "last_loss"}
+    sps = samples / seconds
+    r.update(loss=side.info["last_loss"]["loss"], samples_per_s=round(sps, 1),
+             mfu=round(3 * arch.flops_per_sample() * sps / (peak * 1e12), 4) if peak else None)
     return r
+
+
+def sequential(args, arch, device: torch.device, peak) -> tuple[dict, dict]:
+    """OpenCLIP alone (built, warmed, timed, freed), then each of our ZeRO stages alone: peak memory per side."""
+    results = {}
+    for name, build in [("open_clip", lambda: openclip_side(args, arch, device))] + \
+            [(f"zero{z}", lambda z=z: ours_side(args, arch, device, z)) for z in args.zeros]:
+        side = build()
+        _warm(side, args, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = _run(side, args.steps, args.log_every, device)
+        results[name] = _report(side, args.steps * args.batch, seconds, args, arch, peak)
+        results[name]["peak_gib"] = _peak_gib(device)
+        side.close()
+        del side
+        _free(device)
+        print(json.dumps({name: results[name]}), flush=True)
+    oc = results.pop("open_clip")
+    for r in results.values():
+        r["ratio_vs_open_clip"] = round(r["samples_per_s"] / oc["samples_per_s"], 3)
+    return oc, results
+
+
+def interleaved(args, arch, device: torch.device, peak) -> tuple[dict, dict]:
+    """OpenCLIP and one of our ZeRO stages alive together, timed in alternating chunks (ABBA...), so that a load
+    that changes during the run (a shared machine) weighs on both alike; the ratio is the per-pair total. No peak
+    memory (both sides are resident)."""
+    oc = openclip_side(args, arch, device)
+    _warm(oc, args, device)
+    chunk = max(1, args.steps // args.rounds)
+    ours_results, oc_seconds, oc_samples = {}, 0.0, 0
+    for z in args.zeros:
+        ours = ours_side(args, arch, device, z)
+        _warm(ours, args, device)
+        t = {"oc": 0.0, "ours": 0.0}
+        for r in range(args.rounds):
+            order = (("oc", oc), ("ours", ours)) if r % 2 == 0 else (("ours", ours), ("oc", oc))
+            for key, side in order:
+                t[key] += _run(side, chunk, args.log_every, device)
+        n = chunk * args.rounds * args.batch
+        res = _report(ours, n, t["ours"], args, arch, peak)
+        res["open_clip_samples_per_s"] = round(n / t["oc"], 1)
+        res["ratio_vs_open_clip"] = round(t["oc"] / t["ours"], 3)
+        res["peak_gib"] = None
+        ours_results[f"zero{z}"] = res
+        oc_seconds, oc_samples = oc_seconds + t["oc"], oc_samples + n
+        ours.close()
+        del ours
+        _free(device)
+        print(json.dumps({f"zero{z}": res}), flush=True)
+    oc_result = _report(oc, oc_samples, oc_seconds, args, arch, peak)
+    oc_result["peak_gib"] = None
+    oc.close()
+    return oc_result, ours_results
 
 
 # ---- driver -----------------------------------------------------------------------------------------------------
-def _finish(r: dict, args, arch, peak: float | None) -> dict:
-    sps = args.steps * args.batch / r.pop("seconds")
-    r["samples_per_s"] = round(sps, 1)
-    r["mfu"] = round(3 * arch.flops_per_sample() * sps / (peak * 1e12), 4) if peak else None
-    return r
-
-
 def _dist_env() -> None:
     for k, v in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
         os.environ.setdefault(k, v)
@@ -241,6 +317,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 8 on CUDA, 3 on a CPU)")
     p.add_argument("--compile", choices=["on", "off"], default="on")
     p.add_argument("--log-every", type=int, default=10, help="host sync every N steps, both sides")
+    p.add_argument("--rounds", type=int, default=None, help="1: time each side alone (peak memory per side; "
+                   "default on CUDA); N > 1: keep both alive and time N alternating chunks each (default 4 on a CPU, "
+                   "where a shared machine's load changes during the run)")
     p.add_argument("--clip", type=float, default=0.0, help="gradient clipping max norm, both sides (0: none)")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
@@ -249,6 +328,7 @@ def parse_args(argv=None):
     args.batch = args.batch or (256 if cuda else 64)
     args.steps = args.steps or (30 if cuda else 20)
     args.warmup = args.warmup or (8 if cuda else 3)
+    args.rounds = args.rounds or (1 if cuda else 4)
     f = Path(args.model)
     args.arch_file = str(f if f.suffix in (".yaml", ".yml", ".json") else ROOT / "configs" / "models" / f"{f}.yaml")
     args.model = f.stem
@@ -278,17 +358,11 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "deepspeed": deepspeed.__version__, "open_clip": open_clip.__version__,
               "model": args.model, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
               "log_every": args.log_every, "clip": args.clip, "flops_per_sample_fwd": arch.flops_per_sample(),
-              "peak_tflops": peak}
-    result["open_clip_side"] = _finish(bench_openclip(args, arch, device), args, arch, peak)
-    _free(device)
-    print(json.dumps({"open_clip": result["open_clip_side"]}), flush=True)
-    result["ours"] = {}
-    for zero in args.zeros:
-        ours = _finish(bench_ours(args, arch, device, zero), args, arch, peak)
-        _free(device)
-        ours["ratio_vs_open_clip"] = round(ours["samples_per_s"] / result["open_clip_side"]["samples_per_s"], 3)
-        result["ours"][f"zero{zero}"] = ours
-        print(json.dumps({f"ours_zero{zero}": ours}), flush=True)
+              "peak_tflops": peak, "rounds": args.rounds,
+              "timing": "sequential (each side alone)" if args.rounds == 1 else
+              f"interleaved: OpenCLIP and ours alive together, {args.rounds} alternating chunks each"}
+    result["open_clip_side"], result["ours"] = (sequential if args.rounds == 1 else interleaved)(args, arch, device,
+                                                                                                 peak)
     best = max(result["ours"].values(), key=lambda r: r["samples_per_s"])
     result["ratio"] = best["ratio_vs_open_clip"]
     text = json.dumps(result, indent=1)

@@ -22,7 +22,8 @@ def test_cpu_benchmark_reports_both_sides_and_the_ratio(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "pretrain.bench", "--device", "cpu", "--batch", "16", "--steps", "2",
-                           "--warmup", "1", "--compile", "off", "--zero", "1,2", "--log-every", "1", "--out", str(out)],
+                           "--warmup", "1", "--compile", "off", "--zero", "1,2", "--log-every", "1", "--rounds", "2",
+                           "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "ratio ours/OpenCLIP samples/s (tiny, batch 16, cpu):" in proc.stdout
@@ -32,5 +33,7 @@ def test_cpu_benchmark_reports_both_sides_and_the_ratio(tmp_path):
     for side in ours.values():  # the same network on both sides
         assert side["params"] == oc["params"] and side["samples_per_s"] > 0 and side["loss"] > 0
         assert side["kernels"] == {"attention": "torch", "loss": "torch", "record": None}
-        assert side["ratio_vs_open_clip"] == pytest.approx(side["samples_per_s"] / oc["samples_per_s"], rel=1e-2)
+        # interleaved timing on a CPU: the ratio is per pair, against the OpenCLIP chunks timed beside it
+        assert side["ratio_vs_open_clip"] == pytest.approx(side["samples_per_s"] / side["open_clip_samples_per_s"],
+                                                           rel=1e-2)
     assert r["ratio"] == max(side["ratio_vs_open_clip"] for side in ours.values())
