@@ -81,13 +81,13 @@ command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT_DIR/nvidia-smi.txt" 2>&1
 
 if [ "$GPU" = 1 ]; then
   # 1. the headline first: ours vs compiled OpenCLIP at ViT-B/16, batch 256 (kernels auto: the shipped record)
-  stage e2e_vit-b-16 260 $PY -m pretrain.bench --device cuda --model vit-b-16 --batch 256 --zero 1,2 \
+  stage e2e_vit-b-16 240 $PY -m pretrain.bench --device cuda --model vit-b-16 --batch 256 --zero 1,2 \
     --out "$OUT_DIR/e2e_vit-b-16.json"
   # 2. the kernels on the GPU, bf16 / fp16 / fp32 against float64
-  stage kernel_tests 100 env GROWCLIP_KERNELS_POISON=1 GROWCLIP_GPU_REPORT="$OUT_DIR/kernel_errors.jsonl" \
+  stage kernel_tests 90 env GROWCLIP_KERNELS_POISON=1 GROWCLIP_GPU_REPORT="$OUT_DIR/kernel_errors.jsonl" \
     $PY -m pytest -q -p no:cacheprovider tests/kernels_gpu --junitxml "$OUT_DIR/kernel_tests.xml"
   # 3. kernel benchmark, and the auto record it implies
-  stage kernels_bench 150 $PY -m kernels.bench --out "$OUT_DIR/kernels_bench.json" \
+  stage kernels_bench 130 $PY -m kernels.bench --out "$OUT_DIR/kernels_bench.json" \
     --record "$OUT_DIR/kernels_record.json"
   if [ -f "$OUT_DIR/kernels_record.json" ]; then
     $PY -m kernels.auto --merge "$OUT_DIR/kernels_record.json" > "$OUT_DIR/kernels_auto.json" 2>&1
