@@ -24,6 +24,11 @@ single dimension of each tower, the shared encoder, and all compound moves as on
 is tried before any is tried twice. Inside a group, and among the groups of one round, candidates go in order
 of how close their FLOPs ratio is to g (our data-aware prior: compute per sample grows about as fast as the
 data), ties by move text.
+
+The space can be restricted (`Budget.dimensions`, `Budget.shared`; `growth.dimensions`, `growth.shared_encoder`;
+the ablations of issue 11): `dimensions` names the families a move may touch (`vision.layers`, `text.width`, ...,
+`shared`; a bare field such as `layers` means both towers) and `compound` (pairs, allowed only when every part is
+allowed); `shared=False` removes the shared encoder. A move outside it is rejected with the reason.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from .space import Moves, check_growth
 from .summary import parameter_counts
 
 TOWER_FIELDS = ("layers", "width", "heads", "mlp_ratio")
+FAMILIES = tuple(f"{t}.{f}" for t in ("vision", "text") for f in TOWER_FIELDS) + ("shared",)
 STATE_BYTES = {"weights": 4, "grads": 4, "adam": 8}  # fp32 training; ZeRO shards adam (1), grads (2), weights (3)
 
 
@@ -51,9 +57,46 @@ class Budget:
     max_mem_gb: float | None = None   # estimated training memory per rank (weights, grads, Adam, activations)
     micro_batch: int = 64             # per rank, for the activation estimate
     zero_stage: int = 1
+    dimensions: tuple | None = None   # families a move may touch (FAMILIES, a bare field = both towers,
+                                      # "compound"); None: all
+    shared: bool = True               # False: no shared-encoder moves
+
+    def __post_init__(self):
+        if self.dimensions is not None:
+            object.__setattr__(self, "dimensions", tuple(self.dimensions))
+            check_dimensions(self.dimensions)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def families(self) -> set[str]:
+        """The single-move families of the space, plus "compound" when compound moves are allowed."""
+        names = set(FAMILIES) | {"compound"} if self.dimensions is None else set()
+        for d in self.dimensions or ():
+            names |= {f"{t}.{d}" for t in ("vision", "text")} if d in TOWER_FIELDS else {d}
+        return names - ({"shared"} if not self.shared else set())
+
+    def outside(self, moves: str) -> str:
+        """Why a move lies outside the space ("" when inside)."""
+        allowed, fam = self.families(), family(moves)
+        parts = fam.split("+")
+        if len(parts) > 1 and "compound" not in allowed:
+            return "compound moves are not in the growth space (growth.dimensions)"
+        missing = [p for p in parts if p not in allowed]
+        if missing:
+            why = "growth.shared_encoder is off" if missing == ["shared"] and not self.shared else "growth.dimensions"
+            return f"{'+'.join(missing)} is not in the growth space ({why})"
+        return ""
+
+
+def check_dimensions(dimensions) -> None:
+    """GrowthError naming an unknown entry of a dimensions list."""
+    known = set(FAMILIES) | set(TOWER_FIELDS) | {"compound"}
+    bad = [d for d in dimensions if d not in known]
+    if bad or not dimensions:
+        raise GrowthError(f"growth dimensions {list(dimensions)}: {'unknown ' + str(bad) if bad else 'empty'}; "
+                          f"known: {', '.join(FAMILIES)}, a bare field ({', '.join(TOWER_FIELDS)}) for both "
+                          f"towers, and compound")
 
 
 @dataclass(frozen=True)
@@ -164,6 +207,9 @@ def generate(arch: Architecture, g: float, budget: Budget, layout: Layout) -> tu
     """(candidates within the budget, rejected moves with their reasons), in generation order."""
     kept, rejected = [], []
     for moves in single_moves(arch, g) + compound_moves(arch, g):
+        if why := budget.outside(moves):
+            rejected.append({"move": moves, "reason": why})
+            continue
         try:
             dst = Moves.parse(moves).apply(arch)
             check_growth(arch, dst)

@@ -45,7 +45,7 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
     dst_arch, move = target_architecture(src_arch, target)
     notes = check_growth(src_arch, dst_arch)
     validate_layout(dst_arch, layout)  # the ZeRO stage is the resumed run's choice; its trainer checks it
-    if pim.source == "ema" and not (client.get("ema") or {}).get("shadow"):
+    if pim.inherit and pim.source == "ema" and not (client.get("ema") or {}).get("shadow"):
         raise GrowthError(f"{src_tag}: PIM source 'ema' but the checkpoint holds no EMA weights; use 'last'")
     tok = _tokenizer(src_tag, tokenizer, client)
     plan = plan_growth(src_arch, dst_arch)
@@ -62,7 +62,8 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
         new_tag = work / "out" / src_tag.name
         new_tag.mkdir(parents=True)
         entry = {"move": move, "from": src_arch.to_dict(), "to": dst_arch.to_dict(), "pim": pim.to_dict(),
-                 "reset_moments": reset_moments, "source_step": client["step"], "source": str(src_tag.resolve()),
+                 "reset_moments": reset_moments or not pim.inherit, "source_step": client["step"],
+                 "source": str(src_tag.resolve()),
                  "layout": {"tp": layout.tp, "pp": layout.pp}, "approximate": notes, **(extra or {})}
         write_grown(uni, new_tag, dst_arch, plan, states, _grown_client(client, dst_arch, layout, entry), pim,
                     reset_moments, progress)

@@ -4,6 +4,10 @@
 CLIP(new_arch) initialisation drawn with `seed`. m = 1 is plain, function-preserving inheritance. The
 defaults live here and only here: m = 1 (exact inheritance) until the ablation on real data picks m, and
 source = ema, the method doc's default.
+
+`inherit=False` is the no-inheritance ablation (issue 11): the grown architecture starts from θ_init alone, its
+Adam moments and step counter are reset (and the EMA's warm-up restarts), as a model trained from scratch at that
+architecture would be.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ class PIM:
     m: float = 1.0
     source: str = "ema"
     seed: int = 0
+    inherit: bool = True  # False: no inheritance (θ = θ_init, moments and step reset)
 
     def __post_init__(self):
         if not 0.0 < self.m <= 1.0:
@@ -30,9 +35,13 @@ class PIM:
             raise GrowthError(f"PIM source must be 'ema' or 'last', got {self.source!r}")
 
     def blend(self, mapped: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
+        if not self.inherit:
+            return init.clone()
         return mapped if self.m == 1.0 else self.m * mapped + (1 - self.m) * init
 
     def moments(self, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.inherit:
+            return torch.zeros_like(exp_avg), torch.zeros_like(exp_avg_sq)
         if self.m == 1.0:
             return exp_avg, exp_avg_sq
         return exp_avg * self.m, exp_avg_sq * (self.m * self.m)

@@ -126,18 +126,18 @@ def grown_model(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, device) 
     plan = plan_growth(src.arch, dst)
     init = fresh_init(dst, pim.seed)
     ema = (src.client.get("ema") or {}).get("shadow") or {}
-    if pim.source == "ema" and not ema:
+    if pim.inherit and pim.source == "ema" and not ema:
         raise GrowthError(f"{src.tag}: PIM source 'ema' but the checkpoint holds no EMA weights; use 'last'")
     grown = {}
     for name, tmap in plan.items():
         t = src.tensors[tmap.source] if isinstance(tmap.source, str) else {}
-        weight = source_of(tmap, ema) if pim.source == "ema" else t.get("fp32")
+        weight = source_of(tmap, ema) if pim.source == "ema" and pim.inherit else t.get("fp32")
         grown[name] = grow_parameter(tmap, weight, t.get("exp_avg"), t.get("exp_avg_sq"), init[name], pim)
     model = CLIP(dst)
     model.load_state_dict({n: g["fp32"] for n, g in grown.items()}, strict=False)
     model.to(device)
     opt = torch.optim.AdamW(param_groups(model, hyper.weight_decay), lr=hyper.lr, betas=hyper.betas, eps=hyper.eps)
-    step = float(src.step) if src.step is not None else 0.0
+    step = float(src.step) if src.step is not None and pim.inherit else 0.0
     for name, p in model.named_parameters():
         opt.state[p] = {"step": torch.tensor(step), "exp_avg": grown[name]["exp_avg"].to(device).clone(),
                         "exp_avg_sq": grown[name]["exp_avg_sq"].to(device).clone()}
@@ -293,6 +293,11 @@ def parse_args(argv=None):
     p.add_argument("--pim-m", type=float, default=pim.m)
     p.add_argument("--pim-source", choices=("ema", "last"), default=pim.source)
     p.add_argument("--pim-seed", type=int, default=pim.seed)
+    p.add_argument("--no-inherit", action="store_true", help="no inheritance: candidates start from a fresh "
+                                                             "initialisation, moments reset")
+    p.add_argument("--dimensions", help="comma list of the families the space may grow (vision.layers, text.width, "
+                                        "..., shared; a bare field for both towers; compound); default all")
+    p.add_argument("--no-shared-encoder", action="store_true", help="leave the shared encoder out of the space")
     p.add_argument("--out", help="new folder for the grown winner (universal checkpoint)")
     p.add_argument("--record", help="write the candidate records (JSON lines) here")
     return p.parse_args(argv)
@@ -331,11 +336,12 @@ def main(argv=None) -> int:
         tp, pp = args.tp or lay.get("tp", 1), args.pp or lay.get("pp", 1)
         layout = Layout.for_world(args.world or tp * pp * lay.get("dp", 1), tp, pp)
         budget = Budget(args.budget_gflops, args.budget_params, args.budget_mem_gb,
-                        args.micro_batch or (run.get("train") or {}).get("micro_batch", 64), args.zero_stage)
+                        args.micro_batch or (run.get("train") or {}).get("micro_batch", 64), args.zero_stage,
+                        tuple(args.dimensions.split(",")) if args.dimensions else None, not args.no_shared_encoder)
         seed = args.seed if args.seed is not None else (run.get("train") or {}).get("seed", 0)
         cfg = SearchConfig(args.candidates, args.proxy_steps, args.proxy_batch, args.heldout_batches, args.penalty,
                            args.eval_task, seed=seed)
-        pim = PIM(args.pim_m, args.pim_source, args.pim_seed)
+        pim = PIM(args.pim_m, args.pim_source, args.pim_seed, not args.no_inherit)
         tok_path = tag / "tokenizer.model"
         result = search(src, shards, samples, g, budget, layout, pim, Hyper.of_run(run.get("train") or {},
                         src.client["step"]), cfg, Tokenizer(tok_path, src.arch.text.context))

@@ -40,13 +40,13 @@ def write_grown(src_tag: Path, dst_tag: Path, dst: Architecture, plan: dict[str,
         model = CLIP(dst)
     uc_info = ckpt.universal_checkpoint_info([n for n, _ in model.named_parameters()], dst.text.vocab, 1)
     ema = (client.get("ema") or {}).get("shadow") or {}
-    step = torch.zeros(()) if reset_moments else universal.read_step(src_tag)
+    step = torch.zeros(()) if reset_moments or not pim.inherit else universal.read_step(src_tag)
     module_dtype = next(iter(states["module"].values())).dtype if states.get("module") else torch.float32
     module, grown_ema = OrderedDict(), {}
     for name in tqdm(list(plan), desc="grow", disable=not progress, dynamic_ncols=True):
         tmap = plan[name]
         tensors = universal.load_parameter(src_tag, tmap.source) if isinstance(tmap.source, str) else {}
-        weight = source_of(tmap, ema) if pim.source == "ema" else tensors.get("fp32")
+        weight = source_of(tmap, ema) if pim.source == "ema" and pim.inherit else tensors.get("fp32")
         grown = grow_parameter(tmap, weight, tensors.get("exp_avg"), tensors.get("exp_avg_sq"), init[name],
                                pim, reset_moments)
         universal.save_parameter(dst_tag, name, grown, universal.entry_keys(name, init[name].shape, uc_info), step)
@@ -56,7 +56,8 @@ def write_grown(src_tag: Path, dst_tag: Path, dst: Architecture, plan: dict[str,
                                pim.blend(tmap.weights(source_of(tmap, ema), init[name]), init[name]))
     shapes = param_shapes(model)
     universal.write_optimizer_state(src_tag, dst_tag, [len(g) for g in shapes])
-    grown_client = {**client, "ema": {**client["ema"], "shadow": grown_ema}} if client.get("ema") else client
+    restart = {} if pim.inherit else {"t": 0}  # no inheritance: the EMA's warm-up starts again
+    grown_client = {**client, "ema": {**client["ema"], "shadow": grown_ema, **restart}} if client.get("ema") else client
     states = {**states, "module": module, "param_shapes": shapes, ckpt.CLIENT_KEY: grown_client,
               "universal_checkpoint_info": uc_info, "mp_world_size": 1,  # the module written here is whole
               "checkpoint_parallel_dimensions": {"pp_degree": 1, "tp_degree": 1}}

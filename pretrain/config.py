@@ -83,6 +83,7 @@ class GrowthConfig:
     pim_m: float | None = None                    # PIM momentum in (0, 1]; None: growth/pim.py's default
     pim_source: str | None = None                 # ema | last; None: growth/pim.py's default
     pim_seed: int | None = None                   # seed of the fresh initialisation; None: growth/pim.py's
+    pim_inherit: bool | None = None               # false: no inheritance (fresh init, moments reset); None: PIM's
     # mode auto: no moves are written; when the data grows (a new data.stages entry, or a refreshed manifest)
     # by data_ratio or more, a search over the growth space picks the move (growth/search.py, candidates.py)
     mode: str = "steps"                           # steps (at_steps + moves) | auto (data-aware search)
@@ -96,6 +97,10 @@ class GrowthConfig:
     max_gflops: float | None = None               # budget (growth/candidates.py: Budget); None: no limit
     max_params: int | None = None
     max_mem_gb: float | None = None
+    dimensions: list = field(default_factory=list)  # auto: families the space may grow (growth/candidates.py:
+                                                  # vision.layers, text.width, ..., shared, a bare field for both
+                                                  # towers, compound); empty: all
+    shared_encoder: bool = True                   # auto: false leaves the shared encoder out of the space
 
 
 @dataclass
@@ -279,6 +284,16 @@ def validate_growth(g: GrowthConfig, steps: int, source: str) -> None:
         raise ConfigError(f"{source}: growth.pim_source must be ema or last, got {g.pim_source!r}")
     if g.pim_seed is not None and not _is_int(g.pim_seed):
         raise ConfigError(f"{source}: growth.pim_seed must be an integer, got {g.pim_seed!r}")
+    if not (g.pim_inherit is None or isinstance(g.pim_inherit, bool)) or not isinstance(g.shared_encoder, bool):
+        raise ConfigError(f"{source}: growth.pim_inherit and growth.shared_encoder must be true or false, got "
+                          f"{g.pim_inherit!r} and {g.shared_encoder!r}")
+    if g.dimensions:
+        from growth.candidates import check_dimensions
+        from growth.errors import GrowthError
+        try:
+            check_dimensions(g.dimensions)
+        except GrowthError as e:
+            raise ConfigError(f"{source}: growth.dimensions: {e}") from e
     if g.moves:  # growth/ imports pretrain/, so it is imported only here, when a run grows
         from growth.errors import GrowthError
         from growth.space import Moves

@@ -79,7 +79,8 @@ def resume_plan(cfg: RunConfig, client: dict) -> tuple[list[GrowthStep], tuple[i
 def pim_of(cfg: RunConfig) -> PIM:
     """growth.pim_*; an unset one takes growth/pim.py's default, which lives only there."""
     g = cfg.growth
-    return PIM(**{k: v for k, v in (("m", g.pim_m), ("source", g.pim_source), ("seed", g.pim_seed)) if v is not None})
+    keys = (("m", g.pim_m), ("source", g.pim_source), ("seed", g.pim_seed), ("inherit", g.pim_inherit))
+    return PIM(**{k: v for k, v in keys if v is not None})
 
 
 def search_of(cfg: RunConfig) -> SearchConfig:
@@ -92,7 +93,8 @@ def search_of(cfg: RunConfig) -> SearchConfig:
 def budget_of(cfg: RunConfig, zero_stage: int) -> Budget:
     g = cfg.growth
     return Budget(max_gflops=g.max_gflops, max_params=g.max_params, max_mem_gb=g.max_mem_gb,
-                  micro_batch=cfg.train.micro_batch, zero_stage=zero_stage)
+                  micro_batch=cfg.train.micro_batch, zero_stage=zero_stage,
+                  dimensions=tuple(g.dimensions) or None, shared=g.shared_encoder)
 
 
 def close(trainer: Trainer) -> None:
