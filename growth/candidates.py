@@ -60,6 +60,7 @@ class Budget:
     dimensions: tuple | None = None   # families a move may touch (FAMILIES, a bare field = both towers,
                                       # "compound"); None: all
     shared: bool = True               # False: no shared-encoder moves
+    max_head_dim: int | None = None   # the attention kernel's limit (Triton's 128 when it runs); None: none
 
     def __post_init__(self):
         if self.dimensions is not None:
@@ -222,6 +223,9 @@ def generate(arch: Architecture, g: float, budget: Budget, layout: Layout) -> tu
             reason = f"{gflops:.4g} GFLOPs/sample > budget {budget.max_gflops:g}"
         elif budget.max_params is not None and params > budget.max_params:
             reason = f"{params:,} parameters > budget {budget.max_params:,}"
+        elif budget.max_head_dim and max(t.attn_head_dim for t in (dst.vision, dst.text, dst.shared)
+                                         if t.layers) > budget.max_head_dim:
+            reason = f"a head_dim above the attention kernel's {budget.max_head_dim}"
         lay = None
         if not reason:
             lay, reason = place(dst, layout, budget)

@@ -91,8 +91,10 @@ def search_of(cfg: RunConfig) -> SearchConfig:
 
 
 def budget_of(cfg: RunConfig, zero_stage: int) -> Budget:
+    from kernels.attention import MAX_HEAD_DIM
     g = cfg.growth
     return Budget(max_gflops=g.max_gflops, max_params=g.max_params, max_mem_gb=g.max_mem_gb,
+                  max_head_dim=MAX_HEAD_DIM if uses_triton(cfg) else None,
                   micro_batch=cfg.train.micro_batch, zero_stage=zero_stage,
                   dimensions=tuple(g.dimensions) or None, shared=g.shared_encoder)
 
@@ -152,16 +154,17 @@ class GrowingRun:
         self.history = list(client.get("growth_history", []))
         taken = {h.get("source_step") for h in self.history}
         self.pending, layout = resume_plan(cfg, client)
-        if client.get("layout"):
-            layout = (client["layout"]["tp"], client["layout"]["pp"])
+        if cfg.growth.mode == "auto" and self.history:  # the layout of the last growth; else parallel.*, so that
+            layout = (self.history[-1]["layout"]["tp"], self.history[-1]["layout"]["pp"])  # a resume can reshard
         # stage boundaries still to cross: a boundary at the resume step is crossed unless its growth was taken
         self.boundaries = [(b, i + 1) for i, b in enumerate(cfg.data.stage_steps) if b > start or
                            (b == start and b not in taken)]
         self.stage = sum(1 for b in cfg.data.stage_steps if b < start or (b == start and b in taken))
         self.pim = pim_of(cfg)
-        self.reference = self._reference_samples(client)
         arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
         self._check_plan(arch, start)
+        # |D| that g is measured against; only automatic growth reads it (and the data only after the checks)
+        self.reference = self._reference_samples(client) if cfg.growth.mode == "auto" else 0
         self.trainer = self._trainer(*layout, resume)
         if self._grew_between_jobs():  # a manifest that grew while no job ran: grow before training
             self.trainer.data_grew = True

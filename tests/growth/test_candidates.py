@@ -94,3 +94,11 @@ def test_every_candidate_is_a_valid_growth(g):
     for c in generate(TINY, g, Budget(), Layout())[0]:
         check_growth(TINY, c.arch)
         assert math.isclose(c.gflops, c.arch.flops_per_sample() / 1e9)
+
+
+def test_a_kernel_head_dim_limit_rejects_wider_heads():
+    """With the Triton kernel's limit (here 32, TINY's head_dim), widening a tower with tied heads widens its
+    heads past it and is rejected; adding heads keeps head_dim and stays."""
+    kept, rejected = generate(TINY, 2.0, Budget(max_head_dim=32), Layout())
+    assert "vision.width*=2" not in moves(kept) and "vision.heads+=1" in moves(kept)
+    assert any(r["move"] == "vision.width*=2" and "head_dim" in r["reason"] for r in rejected)
