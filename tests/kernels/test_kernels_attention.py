@@ -10,6 +10,7 @@ import torch
 import kernels.attention as attention
 from kernels import attention_reference, flash_attention
 from kernels._common import new_empty
+from tests.kernels.against_reference import attention_against_reference
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float16: dict(atol=4e-3, rtol=1e-2)}
 
@@ -22,13 +23,7 @@ def _lengths(B, N):
 def _check(B, H, N, D, causal, with_lengths, dtype):
     q, k, v = (torch.randn(B, H, N, D).to(dtype).requires_grad_() for _ in range(3))
     lens = _lengths(B, N) if with_lengths else None
-    out = flash_attention(q, k, v, causal=causal, key_lengths=lens)
-    do = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref = attention_reference(q64, k64, v64, causal=causal, key_lengths=lens)
-    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    out, grads, ref, ref_grads = attention_against_reference(q, k, v, causal, lens)
 
     assert out.dtype == dtype and out.shape == q.shape
     torch.testing.assert_close(out.double(), ref, **TOL[dtype])

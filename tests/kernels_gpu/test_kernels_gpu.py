@@ -22,12 +22,11 @@ import torch.nn.functional as F
 
 from kernels import (
     _common,
-    attention_reference,
     clip_loss,
     contrastive_loss,
     contrastive_loss_reference,
-    flash_attention,
 )
+from tests.kernels.against_reference import attention_against_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or _common.INTERPRET or not _common.triton_available(),
                                 reason="needs CUDA and compiled Triton (TRITON_INTERPRET unset or 0)")
@@ -66,12 +65,7 @@ def _seed():
 def test_attention(B, H, N, D, causal, lengths, dtype):
     q, k, v = (torch.randn(B, H, N, D, device="cuda").to(dtype).requires_grad_() for _ in range(3))
     lens = torch.randint(1, N + 1, (B,), device="cuda", dtype=torch.int32) if lengths else None
-    out = flash_attention(q, k, v, causal=causal, key_lengths=lens)
-    do = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref = attention_reference(q64, k64, v64, causal=causal, key_lengths=lens)
-    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    out, grads, ref, ref_grads = attention_against_reference(q, k, v, causal, lens)
     assert out.dtype == dtype and torch.isfinite(out).all()
     errors = {"out": _err(out, ref), **{f"d{n}": _err(g, r) for n, g, r in zip("qkv", grads, ref_grads)}}
     _report("attention", dtype=dtype, shape=[B, H, N, D], causal=causal, lengths=lengths, **errors)
