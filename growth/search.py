@@ -40,7 +40,7 @@ from .errors import GrowthError
 from .pim import PIM, fresh_init
 from .plan import plan_growth
 from .summary import parameter_counts
-from .transform import grow_parameter, source_of
+from .transform import grow_from_source
 
 MIX = 8  # streams a proxy batch is drawn from
 
@@ -130,9 +130,8 @@ def grown_model(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, device) 
         raise GrowthError(f"{src.tag}: PIM source 'ema' but the checkpoint holds no EMA weights; use 'last'")
     grown = {}
     for name, tmap in plan.items():
-        t = src.tensors[tmap.source] if isinstance(tmap.source, str) else {}
-        weight = source_of(tmap, ema) if pim.source == "ema" and pim.inherit else t.get("fp32")
-        grown[name] = grow_parameter(tmap, weight, t.get("exp_avg"), t.get("exp_avg_sq"), init[name], pim)
+        tensors = src.tensors[tmap.source] if isinstance(tmap.source, str) else {}
+        grown[name] = grow_from_source(tmap, tensors, ema, init[name], pim)
     model = CLIP(dst)
     model.load_state_dict({n: g["fp32"] for n, g in grown.items()}, strict=False)
     model.to(device)

@@ -31,6 +31,15 @@ def grow_parameter(tmap: TensorMap, weight: torch.Tensor | None, exp_avg: torch.
     return {"fp32": fp32, "exp_avg": avg, "exp_avg_sq": avg_sq}
 
 
+def grow_from_source(tmap: TensorMap, tensors: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
+                     init: torch.Tensor, pim: PIM, reset_moments: bool = False) -> dict[str, torch.Tensor]:
+    """One target parameter from its source's universal tensors (`fp32`, `exp_avg`, `exp_avg_sq`; {} for a new
+    tensor), inheriting the EMA weights instead of the live ones when PIM reads them: what the checkpoint writer
+    writes and what the search proxy-trains."""
+    weight = source_of(tmap, ema) if pim.source == "ema" and pim.inherit else tensors.get("fp32")
+    return grow_parameter(tmap, weight, tensors.get("exp_avg"), tensors.get("exp_avg_sq"), init, pim, reset_moments)
+
+
 def grow_weights(plan: dict[str, TensorMap], weights: dict[str, torch.Tensor], init: dict[str, torch.Tensor],
                  pim: PIM) -> dict[str, torch.Tensor]:
     """m·T(weights) + (1−m)·init for every target parameter."""

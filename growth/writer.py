@@ -20,7 +20,7 @@ from pretrain.optim import no_decay
 from . import universal
 from .index_map import TensorMap
 from .pim import PIM, fresh_init
-from .transform import grow_parameter, source_of
+from .transform import grow_from_source, source_of
 
 
 def param_shapes(model: torch.nn.Module) -> list[OrderedDict]:
@@ -46,9 +46,7 @@ def write_grown(src_tag: Path, dst_tag: Path, dst: Architecture, plan: dict[str,
     for name in tqdm(list(plan), desc="grow", disable=not progress, dynamic_ncols=True):
         tmap = plan[name]
         tensors = universal.load_parameter(src_tag, tmap.source) if isinstance(tmap.source, str) else {}
-        weight = source_of(tmap, ema) if pim.source == "ema" and pim.inherit else tensors.get("fp32")
-        grown = grow_parameter(tmap, weight, tensors.get("exp_avg"), tensors.get("exp_avg_sq"), init[name],
-                               pim, reset_moments)
+        grown = grow_from_source(tmap, tensors, ema, init[name], pim, reset_moments)
         universal.save_parameter(dst_tag, name, grown, universal.entry_keys(name, init[name].shape, uc_info), step)
         module[name] = grown["fp32"].to(module_dtype, copy=True)  # never aliases the EMA in the saved file
         if ema:
