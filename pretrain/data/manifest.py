@@ -17,22 +17,54 @@ the samples before the damage, with a warning. `shard_sample_counts(paths)` does
 Data stages D1 ⊆ D2 ⊆ ... (`load_stages`): each stage is a spec; every stage must name at least one shard
 and keep every shard of the stage before (same normalised real path, counted with multiplicity), else
 `StageError` names the stage and the first dropped shard.
+
+Remote shards: a spec may also be what webdataset's `gopen` reads (`is_remote`): `pipe:CMD` (a shell command
+writing the tar to stdout), `http://...`, `https://...` and gopen's other URL schemes. These are shards, passed
+through unresolved (brace patterns are expanded; a comma outside braces still separates specs, so a pipe command
+with one must come as a list item of its own). `file:PATH` is a local path and resolved as one. A manifest entry
+may be a URL (not `pipe:`: a manifest never runs a command); its "samples" is remembered for that URL in this
+process, so counting the list `load_shards` returned finds it. Without a count, a remote shard's samples are
+counted by reading its whole stream once (a download per shard and process; cached once complete), so give
+"samples" in a manifest for large remote data.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import tarfile
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from braceexpand import braceexpand
+from webdataset.gopen import gopen_schemes
 from webdataset.tariterators import base_plus_ext
 
 MANIFEST = "manifest.json"
+REMOTE_SCHEMES = frozenset(s for s in gopen_schemes if s != "__default__") | {"pipe", "http", "https"}
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 log = logging.getLogger(__name__)
+_remote_counts: dict[str, int] = {}  # samples of remote shards, from manifests or one full read
+
+
+def scheme(spec: str | os.PathLike) -> str | None:
+    """The lower-case URL scheme of a spec ("pipe", "http", "file", ...), None for a plain path."""
+    match = _SCHEME.match(str(spec))
+    return match.group(1).lower() if match else None
+
+
+def is_remote(spec: str | os.PathLike) -> bool:
+    """A spec read through a stream rather than a local file: `pipe:CMD`, `http(s)://`, gopen's other schemes."""
+    return scheme(spec) in REMOTE_SCHEMES
+
+
+def local_path(spec: str | os.PathLike) -> str:
+    """The local path of a `file:` spec (as webdataset's gopen opens it), other specs unchanged."""
+    return url2pathname(urlparse(str(spec)).path) if scheme(spec) == "file" else str(spec)
 
 
 class StageError(ValueError):
@@ -61,7 +93,17 @@ def _from_manifest(path: Path, seen: set[Path]) -> list[tuple[str, int | None]]:
         manifest = json.load(f)
     shards: list[tuple[str, int | None]] = []
     for entry in manifest["shards"]:
-        item = str(path.parent / entry["path"])
+        if is_remote(entry["path"]):
+            remote = _resolve(entry["path"], seen)
+            if any(scheme(spec) == "pipe" for spec, _ in remote):
+                raise ValueError(f"{path}: a manifest entry may not be a pipe: command ({entry['path']!r}); "
+                                 f"give it in the shard spec instead")
+            if "samples" in entry and len(remote) == 1:
+                _remote_counts[remote[0][0]] = int(entry["samples"])
+                remote = [(remote[0][0], int(entry["samples"]))]
+            shards += remote
+            continue
+        item = str(path.parent / local_path(entry["path"]))
         resolved = _resolve(item, seen | {path})
         if "samples" in entry and len(resolved) == 1 and resolved[0][0] == os.path.normpath(item):  # a tar entry
             resolved = [(resolved[0][0], int(entry["samples"]))]
@@ -71,9 +113,14 @@ def _from_manifest(path: Path, seen: set[Path]) -> list[tuple[str, int | None]]:
 
 def _resolve(item: str, seen: set[Path]) -> list[tuple[str, int | None]]:
     """(tar path, samples or None when no manifest gave the count) in spec order."""
-    path = Path(item)
+    item = local_path(item)
     if "{" in item:
         return [p for expanded in braceexpand(item) for p in _resolve(expanded, seen)]
+    if is_remote(item):
+        if scheme(item) != "pipe" and urlparse(item).path.endswith(".json"):
+            raise ValueError(f"{item}: remote manifests are not supported (download it, or list its shards)")
+        return [(item, _remote_counts.get(item))]
+    path = Path(item)
     if path.is_dir():
         if not (path / MANIFEST).is_file():
             raise FileNotFoundError(f"{path / MANIFEST} not found (directory given in shard spec)")
@@ -89,7 +136,8 @@ def _resolve_spec(spec: str | os.PathLike | list) -> list[tuple[str, int | None]
     items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     shards: list[tuple[str, int | None]] = []
     for item in items:
-        for part in split_spec(str(item)):
+        whole = not isinstance(spec, (str, os.PathLike)) and scheme(item) == "pipe"  # a list item: no comma split
+        for part in [str(item).strip()] if whole else split_spec(str(item)):
             shards += _resolve(part, set())
     if not shards:
         raise ValueError(f"shard spec {spec!r} names no shards")
@@ -102,7 +150,11 @@ def load_shards(spec: str | os.PathLike | list) -> list[str]:
 
 
 def _sibling_count(path: str, cache: dict[str, dict[str, int]]) -> int | None:
-    """The "samples" of `path` in the manifest.json of its own directory, if that lists it."""
+    """The "samples" of `path` in the manifest.json of its own directory, if that lists it (a remote shard: the
+    count a manifest gave for it in this process)."""
+    if is_remote(path):
+        return _remote_counts.get(path)
+    path = local_path(path)
     directory = os.path.dirname(os.path.realpath(path))
     if directory not in cache:
         counts: dict[str, int] = {}
@@ -136,6 +188,29 @@ def count_tar_samples(path: str) -> int:
     return count
 
 
+def count_remote_samples(spec: str) -> int:
+    """Samples of a remote shard, by reading its whole stream once (with the loader's retries). The count is
+    cached for the process when the read was complete; an unreadable shard counts what was read, with a
+    warning."""
+    from .pipeline import read_shard  # the loader's reader (pipeline imports this module)
+
+    count, failed = 0, None
+    for item in read_shard(spec):
+        if isinstance(item, str):
+            failed = item
+        else:
+            count += 1
+    if failed is None:
+        _remote_counts[spec] = count
+    else:
+        log.warning("counting samples of %s: %s after %d samples", spec, failed, count)
+    return count
+
+
+def _count(path: str) -> int:
+    return count_remote_samples(path) if is_remote(path) else count_tar_samples(local_path(path))
+
+
 def load_shards_with_counts(spec: str | os.PathLike | list) -> list[tuple[str, int]]:
     """(tar path, samples) in spec order: the path as `load_shards` gives it, the count from the manifest that
     named the shard, else from the manifest.json beside the tar, else from scanning the tar's headers."""
@@ -144,7 +219,7 @@ def load_shards_with_counts(spec: str | os.PathLike | list) -> list[tuple[str, i
     for path, samples in _resolve_spec(spec):
         if samples is None:
             samples = _sibling_count(path, cache)
-        out.append((path, count_tar_samples(path) if samples is None else samples))
+        out.append((path, _count(path) if samples is None else samples))
     return out
 
 
@@ -155,7 +230,7 @@ def shard_sample_counts(paths: list[str]) -> list[int]:
     counts = []
     for path in paths:
         samples = _sibling_count(path, cache)
-        counts.append(count_tar_samples(path) if samples is None else samples)
+        counts.append(_count(path) if samples is None else samples)
     return counts
 
 
@@ -165,8 +240,10 @@ def count_samples(spec: str | os.PathLike | list) -> int:
 
 
 def shard_identity(path: str | os.PathLike) -> str:
-    """What makes two shard paths the same shard: the normalised real path."""
-    return os.path.normpath(os.path.realpath(path))
+    """What makes two shard paths the same shard: the normalised real path (a remote spec: itself)."""
+    if is_remote(path):
+        return str(path)
+    return os.path.normpath(os.path.realpath(local_path(path)))
 
 
 def first_missing(old: list[str], new: list[str]) -> str | None:

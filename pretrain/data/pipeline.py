@@ -9,7 +9,8 @@ How the stream is laid out (all of it is a pure function of seed, epoch and the 
   straddle an epoch boundary. Augmentation is seeded per sample by (seed, epoch, key).
 - Bad samples never stop training. They are counted by reason when they leave the shuffle buffer, so counts
   and positions agree: corrupt_tar (a damaged or unreadable tar becomes one such item after the samples read
-  before the damage), missing_image, missing_caption, bad_caption (not UTF-8), empty_caption, too_large (header
+  before the damage), unreadable_shard (a remote shard that failed every read, after the samples read whole),
+  missing_image, missing_caption, bad_caption (not UTF-8), empty_caption, too_large (header
   width * height > max_pixels, checked before decoding), bad_image (undecodable or truncated).
   A full batch is handed out only when the next usable sample turns up or its epoch ends, so it also counts
   the bad items right after it: once the batch that ends an epoch is consumed, `skipped` covers that epoch.
@@ -48,23 +49,40 @@ an addition up at its next batch: it restarts its DataLoader from the positions 
 (prefetched batches are dropped and replayed). States saved before interleaving (positions without `joins`)
 replay their phases one after the other, as they were made.
 
-Resume checks the layout: seed, dp_world, workers, shuffle_buffer, order and the shard list (short names, the
-last two path parts, so moving the data is harmless). If only shards were added (the saved list is contained in
-the new one, with multiplicity), the saved positions are kept and the addition is applied at them, exactly as
-`add_shards` there would have. Any other change makes exact resume impossible: every stream starts afresh at
-the epoch after the furthest one reached, and a warning says so. Version-1 states (before growing data; they
-hold a hash of the names) resume exactly only onto the same shard list, else they take that fallback.
+Remote shards: a shard may be what webdataset's gopen reads (`pipe:CMD`, `http(s)://`, ...; `file:PATH` is a local
+path). `read_shard` streams it through the same tar reader, and yields a sample only once it is whole. A transient
+error (connection refused/reset, a stream that ends early, a command exiting non-zero before the tar's end) re-reads
+the shard from the start, up to `read_attempts` reads with backoff `read_backoff`, 2 x, ... seconds, skipping the
+samples this pass already yielded (a re-read gives the same samples in the same order): nothing comes twice and
+the item count replay relies on is unchanged. After the last failed read the stream goes on with one skip
+`unreadable_shard` (logged once per pass, with the shard's name). Exact resume works as for local files (the
+replay re-reads, without decoding, the part of the epoch already consumed); it assumes each shard reads the same
+as before: one that failed then and reads now (or the reverse) shifts that stream's epoch.
+
+Resume checks the layout: seed, dp_world, workers, shuffle_buffer, order and the shard list (short names, the last
+two path parts, so moving the data is harmless; of a URL, of its path, so another host or port is too). If only
+shards were added (the saved list is contained in the new one, with multiplicity), the saved positions are kept and
+the addition is applied at them, exactly as `add_shards` there would have. Any other change makes exact resume
+impossible: every stream starts afresh at the epoch after the furthest one reached, and a warning says so.
+Version-1 states (before growing data; they hold a hash of the names) resume exactly only onto the same shard list,
+else they take that fallback.
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import logging
 import random
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict, deque
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -72,14 +90,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
-from .manifest import shard_identity, shard_sample_counts
-from .tario import tar_members
+from .manifest import is_remote, local_path, scheme, shard_identity, shard_sample_counts
+from .tario import TarCorrupt, tar_members
 from .transforms import normalize_batch, train_transform
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 BARREN_EPOCHS = 3  # a stream that yields no usable sample for this many epochs in a row raises
+READ_ATTEMPTS = 3  # reads of a remote shard before it becomes an "unreadable_shard" skip
+READ_BACKOFF = 1.0  # seconds before the first retry, doubled after each further failure
+HTTP_TIMEOUT = 60.0  # seconds a socket operation of an http(s) read may block
 
 
 def seed_of(*parts) -> int:
@@ -87,10 +108,15 @@ def seed_of(*parts) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
-def read_shard(path: str) -> Iterator[dict | str]:
-    """Samples (dicts of raw bytes keyed by extension, plus __key__) of one tar, grouped by webdataset. If the
+def read_shard(path: str, attempts: int | None = None, backoff: float | None = None) -> Iterator[dict | str]:
+    """Samples (dicts of raw bytes keyed by extension, plus __key__) of one tar, grouped by webdataset. If a local
     tar is damaged, the samples before the damage come out (the one being read, with the members read whole),
-    then one "corrupt_tar"."""
+    then one "corrupt_tar". A remote spec (`manifest.is_remote`: pipe:, http(s):, ...) is streamed by
+    `_read_remote`, retried on transient errors; `file:PATH` is a local path."""
+    if is_remote(path):
+        yield from _read_remote(path, READ_ATTEMPTS if attempts is None else attempts,
+                                READ_BACKOFF if backoff is None else backoff)
+        return
     errors: list[Exception] = []
 
     def members(f):
@@ -101,13 +127,127 @@ def read_shard(path: str) -> Iterator[dict | str]:
             errors.append(exn)
 
     try:
-        with open(path, "rb") as f:
+        with open(local_path(path), "rb") as f:
             yield from group_by_keys(members(f))
     except Exception as exn:  # vanished file, duplicate member name
         errors.append(exn)
     if errors:
         log.warning("skipping the rest of shard %s: %s", path, errors[0])
         yield "corrupt_tar"
+
+
+class _Transient(OSError):
+    """A remote read that may succeed when tried again (the stream ended early, the command failed)."""
+
+
+class _Stream:
+    """A remote shard's bytes: a pipe: command's stdout (shell, like gopen's pipe:), an http(s) response
+    (urllib), or another gopen scheme (webdataset's gopen). `eof` is set by a short read; `finish()` checks the
+    end (a command's exit status); `close()` ends it early (kills a command still running)."""
+
+    def __init__(self, spec: str):
+        self.spec, self.eof, self.proc = spec, False, None
+        kind = scheme(spec)
+        if kind == "pipe":
+            self.proc = subprocess.Popen(spec[5:], shell=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            self.raw = self.proc.stdout
+        elif kind in ("http", "https"):
+            self.raw = urllib.request.urlopen(spec, timeout=HTTP_TIMEOUT)
+        else:
+            from webdataset.gopen import gopen
+            self.raw = gopen(spec, "rb")
+            self.proc = getattr(self.raw, "proc", None)
+
+    def read(self, n: int) -> bytes:
+        data = self.raw.read(n)
+        if len(data) < n:
+            self.eof = True
+        return data
+
+    def status(self) -> str:
+        """Why a stream that ended early did: the command's exit status, if it has one."""
+        if self.proc is None:
+            return ""
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return ""
+        return f" (command exit status {code})" if code not in (0, 141) else ""
+
+    def finish(self) -> None:
+        """After the end-of-archive marker: read the rest (padding), then check the command's exit status. A
+        failure here is logged, not retried: every sample was read whole."""
+        try:
+            while self.raw.read(1 << 16):
+                pass
+            status = self.status() if self.proc is not None else ""
+            if status:
+                raise _Transient(status.strip(" ()"))
+        except Exception as exn:
+            log.warning("shard %s: error after its end-of-archive marker (all samples read): %s", self.spec, exn)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.raw.close()
+        except Exception:  # gopen's Pipe raises on a killed command
+            pass
+        if self.proc is not None:
+            self.proc.wait()
+
+
+def _persistent_http(exn: Exception) -> bool:
+    """An http error that a retry will not cure: a 4xx status other than 408 (timeout) and 429 (slow down)."""
+    return isinstance(exn, urllib.error.HTTPError) and 400 <= exn.code < 500 and exn.code not in (408, 429)
+
+
+def _read_remote(spec: str, attempts: int, backoff: float) -> Iterator[dict | str]:
+    """The samples of a remote shard, streamed through `tar_members`. A sample is yielded only once it is whole
+    (when the next one starts, or at the clean end of the tar). A transient error (a connection refused, reset
+    or timed out, a stream that ends early, a command exiting non-zero, an http 5xx) re-reads the shard from the
+    start, up to `attempts` reads in all with `backoff`, 2 x backoff, ... seconds between them, and skips the
+    samples already yielded in this pass: a re-read gives the same samples in the same order, so nothing comes
+    twice and replay by counting stays exact. After the last failed read one "unreadable_shard" follows the
+    samples yielded (logged once, with the shard's name). A damaged tar (a bad header in a stream that did not
+    end early, a duplicate member) is not retried: one "corrupt_tar", as for a local file."""
+    delivered, error = 0, None
+    for attempt in range(1, max(attempts, 1) + 1):
+        if attempt > 1:
+            log.info("shard %s: read %d of %d failed (%s); retrying from the start, skipping the %d samples "
+                     "already read", spec, attempt - 1, attempts, error, delivered)
+            time.sleep(backoff * 2 ** (attempt - 2))
+        stream = None
+        try:
+            stream = _Stream(spec)
+            members = ({**member, "__url__": spec} for member in tar_members(stream))
+            for seen, sample in enumerate(group_by_keys(members), 1):
+                if seen > delivered:
+                    delivered = seen
+                    yield sample
+            stream.finish()
+            return
+        except TarCorrupt as exn:
+            if stream is None or not stream.eof:
+                log.warning("skipping the rest of shard %s: %s", spec, exn)
+                yield "corrupt_tar"
+                return
+            error = f"{exn}{stream.status()}"
+        except ValueError as exn:  # duplicate member name, undecodable name
+            log.warning("skipping the rest of shard %s: %s", spec, exn)
+            yield "corrupt_tar"
+            return
+        except (OSError, http.client.HTTPException) as exn:
+            error = f"{type(exn).__name__}: {exn}{stream.status() if stream is not None else ''}"
+            if _persistent_http(exn):
+                attempts = attempt
+                break
+        finally:
+            if stream is not None:
+                stream.close()
+    log.warning("skipping shard %s: unreadable after %d reads (%s); %d samples were read", spec, attempts, error,
+                delivered)
+    yield "unreadable_shard"
 
 
 def phase_order(seed: int, epoch: int, phase: int, lo: int, hi: int) -> list[int]:
@@ -178,11 +318,11 @@ class _Streams(IterableDataset):
         order = phase_order(ld.seed, epoch, phase, lo, hi)
         if len(order) >= ld.streams:
             for index in order[stream :: ld.streams]:
-                yield from read_shard(self.shards[index])
+                yield from read_shard(self.shards[index], ld.read_attempts, ld.read_backoff)
             return
         i = 0
         for index in order:
-            for item in read_shard(self.shards[index]):
+            for item in read_shard(self.shards[index], ld.read_attempts, ld.read_backoff):
                 if i % ld.streams == stream:
                     yield item
                 i += 1
@@ -294,7 +434,8 @@ class TrainLoader:
 
     def __init__(self, shards: list[str], tokenizer, image_size: int, batch_size: int, dp_rank: int, dp_world: int,
                  workers: int = 1, seed: int = 0, shuffle_buffer: int = 1000, max_pixels: int = 50_000_000,
-                 scale=(0.9, 1.0), order: str = "sharded"):
+                 scale=(0.9, 1.0), order: str = "sharded", read_attempts: int = READ_ATTEMPTS,
+                 read_backoff: float = READ_BACKOFF):
         if not shards:
             raise ValueError("TrainLoader needs at least one shard")
         if not 0 <= dp_rank < dp_world:
@@ -302,6 +443,7 @@ class TrainLoader:
         self.shards, self.tokenizer, self.batch_size = list(shards), tokenizer, batch_size
         self.dp_rank, self.dp_world, self.workers, self.seed = dp_rank, dp_world, workers, seed
         self.shuffle_buffer, self.max_pixels = shuffle_buffer, max_pixels
+        self.read_attempts, self.read_backoff = read_attempts, read_backoff  # remote shards (read_shard)
         self.transform = train_transform(image_size, scale)
         if order not in ("sharded", "global"):
             raise ValueError(f"order must be 'sharded' or 'global', got {order!r}")
@@ -346,7 +488,7 @@ class TrainLoader:
         return shares
 
     def _names(self) -> list[str]:
-        return ["/".join(Path(p).parts[-2:]) for p in self.shards]  # survives moving the data
+        return [_short_name(p) for p in self.shards]
 
     def _layout(self) -> dict:
         return {"shards": self._names(), "seed": self.seed, "dp_world": self.stream_world,
@@ -460,6 +602,14 @@ class TrainLoader:
         if added:
             self._added(len(added), epoch)
         return True
+
+
+def _short_name(spec: str) -> str:
+    """The last two path parts, so moving the data is harmless: of a URL's path (another host or port is
+    harmless too), of a file: spec's path, of a pipe: command as written (pipe:cat DIR/x.tar names DIR/x.tar)."""
+    kind = scheme(spec)
+    path = local_path(spec) if kind == "file" else urlparse(spec).path if is_remote(spec) and kind != "pipe" else spec
+    return "/".join(Path(path).parts[-2:])
 
 
 def _copy(position: dict) -> dict:
