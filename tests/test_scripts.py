@@ -1,10 +1,11 @@
-"""Shell entry points parse (Slurm itself is not available here)."""
+"""Shell entry points parse (tests/slurm run the sbatch scripts on a real local Slurm)."""
 import subprocess
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted(str(p) for p in Path("slurm").glob("*.sbatch")) + ["scripts/fetch_data.sh", ".ci/run"]
+SCRIPTS = sorted(str(p) for p in Path("slurm").glob("*.sbatch")) + ["scripts/fetch_data.sh", "scripts/slurm_local.sh",
+                                                                     ".ci/run"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
