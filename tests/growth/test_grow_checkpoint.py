@@ -39,7 +39,8 @@ def test_grown_checkpoint_contents(grown, source_run):
     assert client["step"] == SOURCE_STEPS and client["data"] == src_client["data"]
     entry = client["growth_history"][-1]
     assert entry["move"] == MOVE and entry["source_step"] == SOURCE_STEPS
-    assert entry["pim"] == {"m": 0.9, "source": "ema", "seed": 0} and entry["layout"] == {"tp": 1, "pp": 1}
+    assert entry["pim"] == {"m": 0.9, "source": "ema", "seed": 0, "inherit": True}
+    assert entry["layout"] == {"tp": 1, "pp": 1}
     assert client["run_config"]["model"] == arch.to_dict()
     init, m = fresh_init(arch, 0), 0.9  # PIM from the EMA: inherited tensors are exactly the stated blend
     for name in ("visual.class_embedding", "logit_scale", "visual.transformer.resblocks.0.ln_1.weight"):
