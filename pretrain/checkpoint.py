@@ -303,6 +303,7 @@ def save(engine, ckpt_dir: str | Path, step: int, client: dict, uc_info: dict, t
     except Exception as e:  # noqa: BLE001 - C++ stream errors included: say what it means, name the folder
         raise _failed_write(ckpt_dir / tmp_tag, ckpt_dir, e) from e
     dist.barrier()
+    _test_pause_in_save(ckpt_dir / tmp_tag, dist.get_rank())
     if dist.get_rank() == 0:
         try:
             shutil.copyfile(tokenizer_path, ckpt_dir / tmp_tag / "tokenizer.model")
@@ -315,6 +316,23 @@ def save(engine, ckpt_dir: str | Path, step: int, client: dict, uc_info: dict, t
         prune(ckpt_dir, keep_last, tag)
     dist.barrier()
     return final
+
+
+PAUSE_ENV = "GROWCLIP_TEST_PAUSE_IN_SAVE"
+PAUSE_MARKER = "GROWCLIP_TEST_PAUSE_IN_SAVE:"
+
+
+def _test_pause_in_save(tmp_dir: Path, rank: int) -> None:
+    """Test-only (tests/faults.py): with GROWCLIP_TEST_PAUSE_IN_SAVE=SECONDS every rank sleeps after DeepSpeed has
+    written `<tag>.tmp` and before rank 0 renames it, and rank 0 first prints a PAUSE_MARKER line, so a kill can
+    be made to land inside the save. Unset: nothing."""
+    seconds = os.environ.get(PAUSE_ENV)
+    if not seconds:
+        return
+    import time
+    if rank == 0:
+        print(f"\n{PAUSE_MARKER} {tmp_dir} written, pausing {seconds} s before the rename", flush=True)
+    time.sleep(float(seconds))
 
 
 def resolve(path: str | Path) -> tuple[Path, str]:
