@@ -64,6 +64,18 @@ def main(argv=None) -> int:
         restore_stop_handlers(handlers)
 
 
+def leave_process_group() -> None:
+    """A rank that stops on an error after the process group started tears it down before it exits: left to the
+    interpreter's exit, gloo's threads could abort the process ("terminate called without an active exception",
+    status -6) instead of the clean status 2."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort on the way out; the error line is already printed
+            pass
+
+
 def _main(args) -> int:
     ds_over = [o for o in args.overrides if o.startswith("ds.")]
     run_over = [o for o in args.overrides if not o.startswith("ds.")]
@@ -78,11 +90,13 @@ def _main(args) -> int:
         run = GrowingRun(cfg, ds_config, resume=args.resume)
     except (ConfigError, ArchitectureError, CheckpointError, LayoutError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        leave_process_group()
         return 2
     try:
         run.train()
     except CheckpointError as e:  # a save that failed (no space left, ...): one line; the launcher stops the rest
         print(f"\nerror: {e}", file=sys.stderr, flush=True)  # on a line of its own, after the progress bar
+        leave_process_group()
         return 2
     from pretrain.trainer import EXIT_PREEMPTED
     return EXIT_PREEMPTED if run.trainer is not None and run.trainer.preempted else 0
