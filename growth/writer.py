@@ -15,7 +15,7 @@ from tqdm import tqdm
 from pretrain import checkpoint as ckpt
 from pretrain.arch import Architecture
 from pretrain.model import CLIP
-from pretrain.optim import no_decay
+from pretrain.optim import named_groups
 
 from . import universal
 from .index_map import TensorMap
@@ -25,10 +25,7 @@ from .transform import grow_from_source, source_of
 
 def param_shapes(model: torch.nn.Module) -> list[OrderedDict]:
     """DeepSpeed's `param_shapes`: name -> shape per optimizer group, in pretrain.optim.param_groups order."""
-    groups = [OrderedDict(), OrderedDict()]
-    for name, p in model.named_parameters():
-        groups[no_decay(name, p)][name] = p.shape
-    return groups
+    return [OrderedDict((name, p.shape) for name, p in group) for group in named_groups(model)]
 
 
 def write_grown(src_tag: Path, dst_tag: Path, dst: Architecture, plan: dict[str, TensorMap], states: dict,

@@ -366,15 +366,42 @@ def is_universal(tag_dir: Path) -> bool:
     return (tag_dir / "zero").is_dir()
 
 
-def read_client_state(tag_dir: Path) -> dict:
-    """Our client state, read without DeepSpeed (weights_only=True: tensors, plain containers, safe_globals)."""
+def read_model_states(tag_dir: Path) -> dict:
+    """The model-states file (module, param_shapes, our client state), read without DeepSpeed (weights_only=True:
+    tensors, plain containers, safe_globals)."""
     f = tag_dir / MODEL_STATES
     if not f.is_file():
         raise CheckpointError(f"{tag_dir}: missing {MODEL_STATES}")
     sd = load_checked(f, mmap=False)
     if not isinstance(sd, dict) or CLIENT_KEY not in sd:
         raise CheckpointError(f"{f}: no '{CLIENT_KEY}' client state; not a GrowCLIP checkpoint")
-    return sd[CLIENT_KEY]
+    return sd
+
+
+def read_client_state(tag_dir: Path) -> dict:
+    return read_model_states(tag_dir)[CLIENT_KEY]
+
+
+def check_param_order(tag_dir: Path, states: dict, groups: list[list[str]]) -> None:
+    """A ZeRO checkpoint's optimizer state is flat per group, in the order its `param_shapes` lists: loaded into an
+    optimizer whose groups hold the same parameters in another order, values land in the wrong parameters. Compare
+    the names both sides hold (a pipeline stage holds a share), group by group; universal checkpoints load by name
+    and need no check. Checkpoints written before the groups were aligned (pretrain.optim.named_groups) list
+    logit_scale first in the no-decay group."""
+    saved = states.get("param_shapes")
+    if not isinstance(saved, list) or not all(isinstance(g, dict) for g in saved):
+        return
+    for i, (theirs, ours) in enumerate(zip(saved, groups)):
+        common = set(theirs) & set(ours)
+        theirs, ours = [n for n in theirs if n in common], [n for n in ours if n in common]
+        if theirs != ours:
+            first = next(k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b)
+            raise CheckpointError(
+                f"{tag_dir / MODEL_STATES}: optimizer group {i} holds the parameters in another order than this "
+                f"version builds ({theirs[first]} where {ours[first]} is now; written before the groups were "
+                f"aligned, see docs/perf.md); its ZeRO state would load into the wrong parameters. Convert it to a "
+                f"universal checkpoint, which loads by name: python -m deepspeed.checkpoint.ds_to_universal "
+                f"--input_folder {tag_dir} --output_folder U/{tag_dir.name}, then --resume U/{tag_dir.name}")
 
 
 def load_universal_tensor(path: Path) -> torch.Tensor:

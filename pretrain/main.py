@@ -92,13 +92,14 @@ def _main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         leave_process_group()
         return 2
+    from pretrain.trainer import EXIT_PREEMPTED, DivergedError
     try:
         run.train()
-    except CheckpointError as e:  # a save that failed (no space left, ...): one line; the launcher stops the rest
+    except (CheckpointError, DivergedError) as e:  # a save that failed (no space left, ...) or a NaN loss: one
+        # line; the launcher stops the rest
         print(f"\nerror: {e}", file=sys.stderr, flush=True)  # on a line of its own, after the progress bar
         leave_process_group()
         return 2
-    from pretrain.trainer import EXIT_PREEMPTED
     return EXIT_PREEMPTED if run.trainer is not None and run.trainer.preempted else 0
 
 

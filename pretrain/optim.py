@@ -10,12 +10,27 @@ def no_decay(name: str, p: torch.Tensor) -> bool:
             or name == "logit_scale")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, rest = [], []
+ALIGN = 8  # elements: a parameter whose size is a multiple of this keeps 16-byte alignment in a flat 16-bit buffer
+
+
+def named_groups(model: torch.nn.Module) -> list[list[tuple[str, torch.Tensor]]]:
+    """(name, parameter) of the weight-decay group and of the no-decay group, in the order the optimizer (and so
+    DeepSpeed's flat ZeRO buffers and checkpoints) holds them: in each group the parameters whose size is a multiple
+    of ALIGN first, the others (logit_scale) last. ZeRO-1/2 turn each module parameter into a view at its offset in
+    one flat buffer per group, so a 1-element parameter early in a group left every later one 2 bytes off a 16-byte
+    boundary; cuBLAS then falls back to slow kernels for every bias and the LayerNorms ran slower too (measured on
+    an H200, ViT-B/16: docs/perf.md)."""
+    groups: list[list] = [[], []]
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (rest if no_decay(name, p) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+            groups[no_decay(name, p)].append((name, p))
+    return [sorted(g, key=lambda np_: np_[1].numel() % ALIGN != 0) for g in groups]  # stable: order kept otherwise
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, rest = named_groups(model)
+    return [{"params": [p for _, p in decay], "weight_decay": weight_decay},
+            {"params": [p for _, p in rest], "weight_decay": 0.0}]
 
 
 OPTIMIZERS = ("auto", "torch", "torch_fused", "deepspeed_fused")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import time
@@ -28,13 +29,18 @@ from .ema import EMA
 from .loss import ContrastiveLoss
 from .model import CLIP, set_backend
 from .model.clip import logit_scale_value
-from .optim import build_optimizer, cosine_with_warmup, optimizer_kind
+from .optim import build_optimizer, cosine_with_warmup, named_groups, optimizer_kind
 from .parallel.cuts import shard, split_of
 from .parallel.groups import init_distributed, init_groups
 from .parallel.layout import Layout
 from .parallel.pipeline import CLIPPipeline, full_state
 from .parallel.pipeline_plan import describe
 from .parallel.tensor import apply_tensor_parallel
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite; raised at the logging or saving step that sees it."""
+
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, for the MFU estimate
 
@@ -75,6 +81,12 @@ def prepare_ds_config(ds_config: dict, cfg: RunConfig, universal: bool) -> dict:
     ds.setdefault("steps_per_print", 10 ** 9)
     if universal:
         ds.setdefault("checkpoint", {})["load_universal"] = True
+    bf16 = ds.get("bf16")
+    if isinstance(bf16, dict) and bf16.get("enabled") and "check_grad_overflow" not in bf16:
+        # bf16 has fp32's range: no loss scale to overflow. DeepSpeed's check scans every gradient and syncs the
+        # host twice per step (ViT-B/16 on an H200: optimizer step 57 -> 13 ms, docs/perf.md); a non-finite loss
+        # stops the run at the next logging or saving step instead (Trainer._flush), before it is saved
+        bf16["check_grad_overflow"] = False
     if cfg.parallel.pp > 1:  # DeepSpeed's activation partitioning over TP ranks assumes that only the first
         # tensor a stage sends carries a gradient; ours sends both towers' tokens, so it is turned off
         ds.setdefault("pipeline", {}).update(pipe_partitioned=False, grad_partitioned=False)
@@ -157,7 +169,8 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.train.out_dir)
         resume_dir = ckpt.resume_dir(self.out, resume)
-        client = ckpt.read_client_state(resume_dir) if resume_dir else None
+        states = ckpt.read_model_states(resume_dir) if resume_dir else None
+        client = states[ckpt.CLIENT_KEY] if states else None
         self.arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
         self.tokenizer = Tokenizer(cfg.data.tokenizer, self.arch.text.context)
         self._check_compatible(client)
@@ -214,6 +227,9 @@ class Trainer:
                 print(describe(self.arch, self.layout.pp), flush=True)
             model = CLIPPipeline(model, topology, self.loss_fn)
             mpu = None  # the pipeline engine takes its groups from the module's topology (same ranks)
+        if resume_dir and not ckpt.is_universal(resume_dir):
+            ckpt.check_param_order(resume_dir, states, [[n for n, _ in g] for g in named_groups(model)])
+        del states
         optimizer = build_optimizer(model, self.optimizer_kind, cfg.train.lr, cfg.train.betas, cfg.train.eps,
                                     cfg.train.weight_decay)
         scheduler = cosine_with_warmup(optimizer, cfg.train.warmup, cfg.train.steps, cfg.train.lr, cfg.train.min_lr)
@@ -368,6 +384,11 @@ class Trainer:
         if self.layout.pp == 1:
             dist.all_reduce(losses, group=self.dp_group)
         values = losses.tolist()
+        bad = [r["step"] for r, v in zip(records, values) if not math.isfinite(v)]
+        if bad:
+            raise DivergedError(f"the loss is not finite from step {bad[0]} (steps {bad[0]}-{records[-1]['step']} "
+                                f"not saved); resume from the last checkpoint under {self.out / 'checkpoints'}, "
+                                f"e.g. with a lower train.lr")
         for r, v in zip(records, values):
             r["loss"] = v / self.layout.dp if self.layout.pp == 1 else v
             if r["grad_norm"] is not None:

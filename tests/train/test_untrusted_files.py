@@ -9,6 +9,7 @@ shard is named too. The checks pass on real checkpoints: ZeRO 0-3 in bf16 and Ze
 No launcher: one process saves every checkpoint used here (WORLD_SIZE=1), the --resume refusal runs two
 `pretrain/main.py` processes as ranks 0 and 1 (what the launcher starts), the other paths run in-process.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -46,7 +47,8 @@ def rank_env(rank: int, world: int, port: int) -> dict:
 
 
 SAVE = """
-import sys
+import json, sys
+from pathlib import Path
 sys.path.insert(0, {root!r})
 from pretrain.config import load_run_config
 from pretrain.growth_loop import close
@@ -57,6 +59,8 @@ for name, stage, bf16 in (("fp32-z2", 2, False), ("bf16-z0", 0, True), ("bf16-z1
         "train.out_dir={out}/" + name, "train.micro_batch=8", "train.steps=2", "data.workers=0",
         "data.shuffle_buffer=50", *{model!r}])
     trainer = Trainer(cfg, {{"zero_optimization": {{"stage": stage}}, "bf16": {{"enabled": bf16}}}})
+    off = [n for n, p in trainer.engine.module.named_parameters() if p.numel() % 8 == 0 and p.data_ptr() % 16]
+    (Path("{out}") / (name + "-misaligned.json")).write_text(json.dumps(off))
     trainer.train()
     close(trainer)
 """
@@ -189,3 +193,35 @@ def test_real_checkpoints_pass_and_each_rank_checks_its_share(saved):
         names = [f.name for f in ckpt.checkpoint_files(tag)]
         assert ckpt.check_files(tag) == len(names) >= 1, (stage, names)
         assert any("optim_states" in n for n in names) == (stage > 0), (stage, names)
+
+
+def test_zero_keeps_every_parameter_16_byte_aligned(saved):
+    """ZeRO-1/2 make each module parameter a view into one flat buffer per optimizer group. A parameter whose size
+    is a multiple of 8 must start on a 16-byte boundary (cuBLAS falls back to slow kernels otherwise: docs/perf.md);
+    the 1-element logit_scale first in its group used to shift all 201 parameters after it by 2 bytes in bf16."""
+    for name in ("fp32-z2", "bf16-z1", "bf16-z2"):
+        assert json.loads((saved / f"{name}-misaligned.json").read_text()) == [], name
+
+
+def test_resume_refuses_a_checkpoint_whose_groups_are_in_another_order(saved, tiny_data, tmp_path):
+    """A checkpoint written before the groups were aligned lists logit_scale first in the no-decay group; its flat
+    ZeRO state would load into the wrong parameters, so --resume stops with one line that says how to convert it."""
+    run = copy_run(saved / "bf16-z2", tmp_path / "old")
+    f = run / "checkpoints" / TAG / ckpt.MODEL_STATES
+    states = ckpt.load_checked(f, mmap=False)
+    group = states["param_shapes"][1]
+    assert list(group)[-1] == "logit_scale", list(group)[-3:]
+    states["param_shapes"][1] = type(group)([("logit_scale", group["logit_scale"])] +
+                                            [(k, v) for k, v in group.items() if k != "logit_scale"])
+    torch.save(states, f)
+    argv = [sys.executable, "pretrain/main.py", "--config", "configs/demo.yaml", "--resume", str(run),
+            "--deepspeed_config", "ds_configs/zero2-bf16.json", f"data.shards={tiny_data['shards']}",
+            f"data.tokenizer={tiny_data['tokenizer']}", f"train.out_dir={tmp_path / 'out'}", "train.steps=4",
+            "train.micro_batch=8", *SMALL_MODEL]
+    proc = subprocess.run(argv, cwd=ROOT, env=rank_env(0, 1, free_port()), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    err = one_error(proc.stderr)
+    assert err.startswith(f"error: {f}: optimizer group 1 holds the parameters in another order") and \
+        "ds_to_universal" in err, err
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()

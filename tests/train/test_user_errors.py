@@ -173,3 +173,19 @@ def test_keep_last_must_not_be_negative(tiny_data):
         load_run_config(str(ROOT / "configs/demo.yaml"), [f"data.shards={tiny_data['shards']}",
                                                           f"data.tokenizer={tiny_data['tokenizer']}",
                                                           "train.keep_last=-1"])
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_before_it_is_saved(tiny_data, tmp_path):
+    """lr 1e30 puts the weights near 1e29 after one step, and the next forward overflows: the run stops at the
+    logging step that sees it, with one line naming the first bad step, and saves nothing past it (bf16 runs no
+    longer rely on DeepSpeed's per-step overflow check, pretrain/trainer.py prepare_ds_config)."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "pretrain/main.py", *run_args(tiny_data, out), "train.steps=4", "train.log_every=2",
+            "train.save_every=2", "train.warmup=1", "train.lr=1.0e+30"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and "the loss is not finite from step 2 " in errors[0], proc.stderr[-3000:]
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").glob("step*"))
