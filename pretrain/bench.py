@@ -229,7 +229,9 @@ def ours_side(args, arch, device: torch.device, zero: int) -> Side:
     info = dict(params=sum(p.numel() for p in trainer.engine.module.parameters()), zero=zero,
                 precision="bf16 (DeepSpeed)" if bf16 else "fp32", compile=trainer.compiled, kernels=trainer.kernels,
                 optimizer=trainer.optimizer_kind, ema=True, last_loss=state)
-    return Side(step, sync, info, release)
+    side = Side(step, sync, info, release)
+    side.trainer = trainer  # pretrain.profile_step times its phases
+    return side
 
 
 def _report(side: Side, samples: int, seconds: float, args, arch, peak: float | None) -> dict:

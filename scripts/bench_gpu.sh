@@ -8,7 +8,9 @@
 #   kernels_record.json, records.json   the train.kernels=auto record of this GPU, merged into kernels/records.json
 #   e2e_vit-b-16_record.json            the e2e again with that record, when it picks a Triton kernel anywhere
 #   e2e_vit-b-32.json, e2e_vit-l-14.json   optional sizes, while time is left
+#   profile.txt, profile.json          pretrain.profile_step: our step's phases beside the plain model and OpenCLIP
 #   stages.json, summary.json, bench-gpu.log
+#   bench-gpu.tgz                       when DIR is the device tool's $OUT: all of the above (it returns 8 files)
 # On a machine without a CUDA GPU it says so, skips the GPU parts, and still runs what it can (imports, test
 # collection, kernels.bench's no-GPU exit, the CPU end-to-end benchmark in a short form): a dry run.
 # Carried wheels (../shared/gpu/README.md): .whl/*.whl are installed into a temporary site when the host lacks
@@ -97,7 +99,12 @@ if [ "$GPU" = 1 ]; then
         --out "$OUT_DIR/e2e_vit-b-16_record.json"
     fi
   fi
-  # 4. optional sizes while time is left
+  # 4. where our step's time goes (eager phases beside the plain model and OpenCLIP, profiler tables)
+  if (( $(left) > 150 )); then
+    stage profile 90 $PY -m pretrain.profile_step --device cuda --variants ours,plain,open_clip --budget 80 \
+      --out "$OUT_DIR/profile.txt"
+  fi
+  # 5. optional sizes while time is left
   if (( $(left) > 150 )); then
     stage e2e_vit-b-32 150 $PY -m pretrain.bench --device cuda --model vit-b-32 --batch 512 --zero 2 \
       --out "$OUT_DIR/e2e_vit-b-32.json"
@@ -147,3 +154,10 @@ json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 print(json.dumps(summary, indent=1))
 EOF
 log "finished in $(( $(date +%s) - START ))s; summary in $OUT_DIR/summary.json"
+# The device tool brings back at most 8 files of $OUT: there, everything goes into one archive beside the summary
+# and the log (its first run lost the kernel benchmark's files that way).
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ] && [ "$OUT_DIR" = "$(cd "$OUT" && pwd)" ]; then
+  tar czf /tmp/bench-gpu.tgz -C "$OUT_DIR" . && mv /tmp/bench-gpu.tgz "$OUT_DIR/bench-gpu.tgz" && \
+    find "$OUT_DIR" -mindepth 1 -maxdepth 1 ! -name bench-gpu.tgz ! -name summary.json ! -name bench-gpu.log \
+      -exec rm -rf {} +
+fi
