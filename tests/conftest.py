@@ -23,6 +23,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def rank_env(rank: int = 0, world: int = 1, port: int | None = None, **extra: str) -> dict:
+    """The environment the launcher gives one rank (one OpenMP thread), for a process started without it."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port or free_port()),
+            "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), **extra}
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """2,400 Fashion-MNIST training pairs in 8 shards, and a 512-id tokenizer trained on them + WordNet."""

@@ -2,7 +2,6 @@
 it at (tp, pp, dp) = (1, 1, 2), (1, 1, 1), (2, 1, 1) and (1, 2, 1) with the grown model's loss, then keeps
 learning."""
 import dataclasses
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pretrain import checkpoint as ckpt
 from pretrain.arch import Architecture
 from pretrain.model import CLIP
 from pretrain.trainer import batch_fingerprint
-from tests.conftest import ROOT, free_port, launch, metrics
+from tests.conftest import ROOT, launch, metrics, rank_env
 from tests.growth.conftest import MOVE, SOURCE_STEPS, tree_digest
 from tests.growth.helpers import TOL
 from tests.growth.runs import first_batches, grown_model, single_process_loss
@@ -69,8 +68,7 @@ def test_deepspeed_loads_the_grown_state_exactly(grown, tmp_path):
     """A real ZeRO-2 engine (one rank: the 2-rank partitioned load is exercised by the dp=2 resume below) holds
     exactly the grown fp32 weights, Adam moments and step after universal loading."""
     tag_dir = grown / f"step{SOURCE_STEPS:08d}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    env = rank_env()
     proc = subprocess.run([sys.executable, "tests/growth/ds_state_worker.py", str(tag_dir), str(tmp_path / "dump.pt")],
                           cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

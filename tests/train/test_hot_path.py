@@ -3,7 +3,6 @@ fingerprints off changes nothing; torch.compile (model forward + loss, fullgraph
 the same steps as eager, with the torch ops and with the Triton kernels (interpreter) inside the graphs; metrics
 hold one record per step although the host syncs only at logging steps; auto picks SDPA + the torch loss here."""
 import json
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from pretrain.trainer import compile_mode
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, rank_env
 
 pytestmark = pytest.mark.slow
 STEPS = 4
@@ -29,8 +28,7 @@ RUNS = {
 @pytest.fixture(scope="module")
 def runs(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("hot_path") / "result.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "TRITON_INTERPRET": "1"}
+    env = rank_env(TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "tests/train/trainer_worker.py", str(out), tiny_data["shards"],
                            tiny_data["tokenizer"], *(f"{k}:{v}" for k, v in RUNS.items())],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -10,7 +10,6 @@ No launcher: one process saves every checkpoint used here (WORLD_SIZE=1), the --
 `pretrain/main.py` processes as ranks 0 and 1 (what the launcher starts), the other paths run in-process.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from growth.grow import main as grow_main
 from growth.search import main as search_main
 from pretrain import checkpoint as ckpt
 from pretrain.main import main as train_main
-from tests.conftest import ROOT, SMALL_MODEL, free_port
+from tests.conftest import ROOT, SMALL_MODEL, free_port, rank_env
 
 pytestmark = pytest.mark.slow
 TAG = "step00000002"
@@ -39,11 +38,6 @@ class Evil:
 
     def __reduce__(self):
         return exec, (f"open({str(self.marker)!r}, 'w').close()",)
-
-
-def rank_env(rank: int, world: int, port: int) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
 
 
 SAVE = """

@@ -24,7 +24,7 @@ import pytest
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, load_run_config
 from pretrain.main import main
-from tests.conftest import ROOT, SMALL_MODEL, free_port
+from tests.conftest import ROOT, SMALL_MODEL, rank_env
 
 
 def can_mount(tmp_path: Path) -> bool:
@@ -104,8 +104,7 @@ def saves(tiny_data, tmp_path_factory):
            str(out)]
     if mounted:
         cmd = ["unshare", "-m", *cmd, "--mount"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    env = rank_env()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return {**json.loads(result.read_text()), "mounted": mounted, "out": out}
@@ -182,8 +181,7 @@ def test_a_loss_that_is_not_finite_stops_the_run_before_it_is_saved(tiny_data, t
     out = tmp_path / "run"
     argv = [sys.executable, "pretrain/main.py", *run_args(tiny_data, out), "train.steps=4", "train.log_every=2",
             "train.save_every=2", "train.warmup=1", "train.lr=1.0e+30"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    env = rank_env()
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     errors = error_lines(proc.stderr)
