@@ -87,15 +87,30 @@ def fmt(mean, std=None, digits=4, pct=False) -> str:
     return text + (f" ± {std * scale:.{d}f}" if std is not None else "")
 
 
-def verdict(delta: float | None, noise: float | None, higher_better: bool, names=("auto", "other")) -> str:
+def verdict(delta: float | None, noise: float | None, higher_better: bool, names=("auto", "other"),
+            pct: bool = False) -> str:
+    """pct: the metric is a fraction shown in points, as its Δ is."""
     if delta is None:
         return "–"
     if noise is None:
         return "no noise estimate (one seed)"
     if abs(delta) < noise:
-        return f"tie (|Δ| < std {noise:.4g})"
+        return f"tie (|Δ| < std {fmt(noise, pct=pct)}{' pts' if pct else ''})"
     better = (delta > 0) == higher_better
     return f"{names[0] if better else names[1]} better"
+
+
+HEADLINE_METRICS = (("final_loss", "held-out loss", False), ("zs_common", "zero-shot avg", True))
+
+
+def compare(auto: list[dict], other: list[dict], key: str, higher_better: bool, names) -> tuple:
+    """(Δ = mean auto − mean other, noise = the larger std, verdict) of one headline metric over seeds."""
+    get = (lambda r: r[key]) if key == "final_loss" else (lambda r: r["scores"][key])
+    ma, sa, _ = mean_std([get(r) for r in auto])
+    mb, sb, _ = mean_std([get(r) for r in other])
+    delta = ma - mb if ma is not None and mb is not None else None
+    noise = max([x for x in (sa, sb) if x is not None], default=None)
+    return delta, noise, verdict(delta, noise, higher_better, names, key != "final_loss")
 
 
 # ---- plots --------------------------------------------------------------------------------------------------
@@ -274,14 +289,10 @@ def write_report(out: Path, md: Path | None = None) -> Path:
             for base, runs in groups.items():
                 if base == auto_base:
                     continue
-                for key, name, hb in (("final_loss", "held-out loss", False), ("zs_common", "zero-shot avg", True)):
-                    get = (lambda r, k=key: r[k]) if key == "final_loss" else (lambda r, k=key: r["scores"][k])
-                    ma, sa, _ = mean_std([get(r) for r in auto])
-                    mb, sb, _ = mean_std([get(r) for r in runs])
-                    delta = ma - mb if ma is not None and mb is not None else None
-                    noise = max([s for s in (sa, sb) if s is not None], default=None)
+                for key, name, hb in HEADLINE_METRICS:
+                    delta, noise, said = compare(auto, runs, key, hb, (auto_base, base))
                     rows.append([f"{auto_base} vs {base}", name, fmt(delta, pct=key != "final_loss"),
-                                 fmt(noise, pct=key != "final_loss"), verdict(delta, noise, hb, (auto_base, base))])
+                                 fmt(noise, pct=key != "final_loss"), said])
             lines += [table(["comparison", "metric", "Δ", "noise (max std)", "verdict"], rows,
                             "---|---|---:|---:|---"), ""]
     # ablations
@@ -459,16 +470,12 @@ def claims_section(groups: dict, ablations: list[dict], auto_base: str | None) -
         if not base:
             continue
         parts = []
-        for key, name, higher in (("final_loss", "held-out loss", False), ("zs_common", "zero-shot avg", True)):
-            get = (lambda r, k=key: r[k]) if key == "final_loss" else (lambda r, k=key: r["scores"][k])
-            ma, sa, _ = mean_std([get(r) for r in auto])
-            mb, sb, _ = mean_std([get(r) for r in groups[base]])
-            if ma is None or mb is None:
+        for key, name, higher in HEADLINE_METRICS:
+            delta, noise, said = compare(auto, groups[base], key, higher, ("growth", base))
+            if delta is None:
                 continue
-            noise = max([x for x in (sa, sb) if x is not None], default=None)
-            delta = ma - mb
             shown = f"{delta * 100:+.1f} pts" if key != "final_loss" else f"{delta:+.4f}"
-            parts.append(f"{name} Δ {shown}: {verdict(delta, noise, higher, ('growth', base))}")
+            parts.append(f"{name} Δ {shown}: {said}")
         lines.append(f"- Automatic growth vs {what} at equal FLOPs — " + ("; ".join(parts) or "no numbers") + ".")
     only = [a for a in ablations if a["base"].startswith("only-") and a["final_loss"] is not None]
     if len(only) > 1:
