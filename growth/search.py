@@ -11,7 +11,11 @@ the grown data D_t (carrying its optimizer state), score it on a held-out slice 
 - **Score** (lower is better): held-out contrastive loss + `penalty`·log2(FLOPs_candidate / FLOPs_source)
   − `eval_weight`·(top-1 of `eval_task`, when one is named). The penalty is the price of compute: with 0.02 a
   candidate costing twice the FLOPs per sample must lower the held-out loss by 0.02 more than one costing
-  nothing extra. The unchanged architecture is trained and scored too, as the reference row; it never wins.
+  nothing extra. The GrowCLIP offline experiment (docs/results/growclip-offline.md, "Defaults") kept 0.02:
+  penalties 0 and 0.1 chose the same growths, because the trained candidates are those whose FLOPs ratio is
+  closest to g (similar costs) and the winners' held-out leads exceeded any penalty difference. Untested
+  where candidates of very different cost are trained. The unchanged architecture is trained and scored too,
+  as the reference row; it never wins.
 - **Parallel.** Candidate i runs on rank i mod world; the records are gathered on every rank. Each candidate
   is computed the same way at any world size (same data, same seeds, one intra-op thread), so the ranking,
   winner and scores do not depend on the number of ranks, while the wall time falls with it.
@@ -51,7 +55,7 @@ class SearchConfig:
     proxy_steps: int = 10        # K
     proxy_batch: int = 64
     heldout_batches: int = 4     # H
-    penalty: float = 0.02        # score += penalty * log2(FLOPs ratio)
+    penalty: float = 0.02        # score += penalty * log2(FLOPs ratio); docs/results/growclip-offline.md
     eval_task: str = ""          # e.g. fashion_mnist; "" = loss only
     eval_weight: float = 1.0
     eval_limit: int = 500

@@ -484,7 +484,13 @@ def claims_section(groups: dict, ablations: list[dict], auto_base: str | None) -
         spread = hi["final_loss"] - lo["final_loss"]
         differ = "cannot tell (one seed of auto)" if noise is None else (
             "they differ" if spread >= noise else "no difference beyond noise")
+        rated = [a for a in only if a["flops_ratio"]]
+        cost = ""
+        if len(rated) > 1:
+            cheap, dear = min(rated, key=lambda a: a["flops_ratio"]), max(rated, key=lambda a: a["flops_ratio"])
+            cost = (f" They train the same steps at unequal compute: FLOPs / B from {cheap['flops_ratio']:.3f} "
+                    f"({cheap['base']}) to {dear['flops_ratio']:.3f} ({dear['base']}).")
         lines.append(f"- Growth dimensions (one at a time): final held-out loss from {lo['final_loss']:.4f} "
                      f"({lo['base']}) to {hi['final_loss']:.4f} ({hi['base']}), spread {spread:.4f} against the "
-                     f"automatic arm's std {fmt(noise)}: {differ}.")
+                     f"automatic arm's std {fmt(noise)}: {differ}.{cost}")
     return lines + [""]
