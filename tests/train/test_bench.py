@@ -37,3 +37,21 @@ def test_cpu_benchmark_reports_both_sides_and_the_ratio(tmp_path):
         assert side["ratio_vs_open_clip"] == pytest.approx(side["samples_per_s"] / side["open_clip_samples_per_s"],
                                                            rel=1e-2)
     assert r["ratio"] == max(side["ratio_vs_open_clip"] for side in ours.values())
+
+
+def test_profile_step_splits_our_step_into_phases_beside_the_plain_model(tmp_path):
+    """pretrain.profile_step on the tiny model: both variants timed, every phase of ours measured, the profiler's
+    tables written (what found the misaligned ZeRO parameters on an H200: docs/perf.md)."""
+    out = tmp_path / "profile.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pretrain.profile_step", "--device", "cpu", "--batch", "16",
+                           "--steps", "2", "--warmup", "1", "--variants", "ours,plain", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = json.loads(out.with_suffix(".json").read_text())["variants"]
+    assert set(r["ours"]["phases_ms_synced"]) == {"forward+loss", "backward", "optimizer step", "ema", "record"}
+    assert set(r["plain"]["phases_ms_synced"]) == {"forward+loss", "backward", "optimizer step"}
+    for v in r.values():
+        assert v["ms_per_step"] > 0 and v["phases_ms_synced"]["backward"] > 0
+    text = out.read_text()
+    assert text.count("--- top ops by device time") == 2 and "aten::" in text
