@@ -22,9 +22,10 @@ VOCAB = 100
 
 @pytest.fixture(scope="session")
 def trained(tiny_data, tmp_path_factory):
-    """Run folder of a 40-step run: enough for clearly-above-chance zero-shot accuracy (about 30%)."""
+    """Run folder of an 80-step run: clearly-above-chance zero-shot accuracy. 40 steps gave 0.22-0.33 on this
+    machine and once 0.115 in CI (2026-11-29), under the parity test's bar of 0.13; 80 steps gave 0.27-0.36."""
     out = tmp_path_factory.mktemp("eval_run")
-    launch(out, tiny_data, "train.steps=40", "train.lr=0.002", "train.warmup=4")
+    launch(out, tiny_data, "train.steps=80", "train.lr=0.002", "train.warmup=4")
     return out
 
 

@@ -36,7 +36,7 @@ def test_cli_on_two_ranks_equals_one_rank(trained, retrieval_set, tmp_path):
     assert [r["dataset"] for r in one] == ["fashion_mnist", f"retrieval:{retrieval_set['jsonl']}"]
     for r in one:  # CLIP_benchmark's fields, plus ours
         assert {"dataset", "model", "pretrained", "task", "metrics", "language", "architecture", "step"} <= r.keys()
-        assert r["step"] == 40 and r["architecture"]["vision"]["width"] == 64 and r["samples"] == 300
+        assert r["step"] == 80 and r["architecture"]["vision"]["width"] == 64 and r["samples"] == 300
     assert one[1]["metrics"].keys() == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
 
 

@@ -83,7 +83,7 @@ def reference(loaded, retrieval_set):
 
 def test_zeroshot_and_retrieval_match_clip_benchmark(loaded, retrieval_set, reference):
     # trained, so the metrics are not degenerate: above chance (10%) by more than 3 sigma of 1000 samples (0.0095);
-    # the short test run lands at 0.17-0.3 depending on the host's float reduction order, so no tighter bar
+    # the short test run lands at 0.27-0.36 depending on the host's float reduction order, so no tighter bar
     assert len(reference) == 3 + 6 and reference["acc1"] > 0.13
     assert_same(ours(loaded.model, loaded.tokenizer, loaded.transform, retrieval_set), reference)
 
