@@ -42,6 +42,10 @@ class TrainConfig:
     lr: float = 5e-4
     min_lr: float = 0.0
     warmup: int = 100
+    lr_schedule: str = "cosine"      # cosine (warmup, then cosine to min_lr over train.steps) | wsd (warmup,
+                                     # stable at lr, then linear decay to min_lr over the last decay_frac of the
+                                     # run); pretrain/schedule.py. The growing configs use wsd
+    decay_frac: float = 0.2          # wsd: the share of train.steps the final decay takes
     weight_decay: float = 0.2
     betas: tuple = (0.9, 0.98)
     eps: float = 1e-6
@@ -87,7 +91,16 @@ class GrowthConfig:
     # mode auto: no moves are written; when the data grows (a new data.stages entry, or a refreshed manifest)
     # by data_ratio or more, a search over the growth space picks the move (growth/search.py, candidates.py)
     mode: str = "steps"                           # steps (at_steps + moves) | auto (data-aware search)
-    data_ratio: float = 1.0                       # auto: grow when |D_t| / |D at the last growth| >= this
+    data_ratio: float = 1.5                       # auto: grow when |D_t| / |D at the last growth| >= this (a 5%
+                                                  # larger dataset does not trigger a search)
+    rewarm_steps: int = 0                         # after each growth, the lr ramps linearly from 0 back to the
+                                                  # scheduled value over this many steps (pretrain/schedule.py)
+    symmetry_split: float | None = None           # duplicated units split their fan-out unequally (growth/pim.py
+                                                  # PIM.split); 0: plain tiling; None: PIM's default
+    depth_init: str | None = None                 # new blocks: copy (stack the block before) | fresh; None: PIM's
+    target_ratio: float | None = None             # auto: the FLOPs growth the search aims at (candidates.select);
+                                                  # None: growth/search.py's SearchConfig
+    noise_margin: float | None = None             # auto: a growth must beat "no growth" by this many noise units
     candidates: int | None = None                 # search settings; None: growth/search.py's SearchConfig
     proxy_steps: int | None = None
     proxy_batch: int | None = None
@@ -201,6 +214,10 @@ def validate(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: train.keep_last must be >= 0 (0 keeps every checkpoint), got {t.keep_last}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"{source}: train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if t.lr_schedule not in ("cosine", "wsd"):
+        raise ConfigError(f"{source}: train.lr_schedule must be cosine or wsd, got {t.lr_schedule!r}")
+    if not 0.0 <= t.decay_frac <= 1.0:
+        raise ConfigError(f"{source}: train.decay_frac must be in [0, 1], got {t.decay_frac}")
     if t.kernels not in ("auto", "torch", "triton"):
         raise ConfigError(f"{source}: train.kernels must be auto, torch or triton, got {t.kernels!r}")
     if cfg.data.order not in ("sharded", "global"):
@@ -247,10 +264,22 @@ def validate_stages(cfg: RunConfig, source: str) -> None:
         v = getattr(g, key)
         if v is not None and (not _is_int(v) or v < 1):
             raise ConfigError(f"{source}: growth.{key} must be a positive integer, got {v!r}")
-    for key in ("penalty", "max_gflops", "max_mem_gb"):
+    for key in ("penalty", "max_gflops", "max_mem_gb", "noise_margin"):
         v = getattr(g, key)
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
             raise ConfigError(f"{source}: growth.{key} must be a number >= 0, got {v!r}")
+
+
+    if not _is_int(g.rewarm_steps) or g.rewarm_steps < 0:
+        raise ConfigError(f"{source}: growth.rewarm_steps must be an integer >= 0, got {g.rewarm_steps!r}")
+    if g.target_ratio is not None and (not isinstance(g.target_ratio, (int, float)) or isinstance(g.target_ratio, bool)
+                                       or g.target_ratio <= 1):
+        raise ConfigError(f"{source}: growth.target_ratio must be a number > 1, got {g.target_ratio!r}")
+    if g.symmetry_split is not None and (not isinstance(g.symmetry_split, (int, float))
+                                         or isinstance(g.symmetry_split, bool) or not 0 <= g.symmetry_split < 1):
+        raise ConfigError(f"{source}: growth.symmetry_split must be a number in [0, 1), got {g.symmetry_split!r}")
+    if g.depth_init not in (None, "copy", "fresh"):
+        raise ConfigError(f"{source}: growth.depth_init must be copy or fresh, got {g.depth_init!r}")
 
 
 def _is_int(v) -> bool:
