@@ -11,19 +11,25 @@
   - MLP `mlp_ratio+=r`, r in {1, max(1, floor(mlp_ratio·(g−1)))}.
 - **Shared encoder**: with none yet, `shared.layers=d` (d in {1, max(1, floor(g))}) at the width of the wider
   tower; with one, `shared.layers+=d` as depth above.
+- **Large moves** (G_stack, bert2BERT): depth ×2 by stacking (`layers*=2`) and width ×2 (`width*=2`) of each
+  tower, singly and as compound moves (every combination of two or more of the four), so one growth can reach
+  several times the FLOPs per sample (both widths ×2 is about 4×, everything ×2 about 8×).
 - **Compound moves**: every pair of the smallest single moves of different dimensions or towers (both towers
   deepened, depth plus shared encoder, ...).
 
-Each candidate is then checked against the budget: forward FLOPs per sample, parameters, and a layout that can
-hold it (`place`): the current (tp, pp) if the target is valid there and its estimated memory per rank fits,
-else the smallest valid one (fewest model-parallel ranks tp·pp, then fewer pipeline stages). A candidate no
-layout can hold is rejected with the reason.
+Moves that reach the same architecture are offered once (the first in this order). Each candidate is then checked
+against the budget: forward FLOPs per sample, parameters, and a layout that can hold it (`place`): the current
+(tp, pp) if the target is valid there and its estimated memory per rank fits, else the smallest valid one (fewest
+model-parallel ranks tp·pp, then fewer pipeline stages). A candidate no layout can hold is rejected with the
+reason.
 
-When more candidates pass than the search may train (`select`), they are taken round-robin over groups (each
-single dimension of each tower, the shared encoder, and all compound moves as one group), so every dimension
-is tried before any is tried twice. Inside a group, and among the groups of one round, candidates go in order
-of how close their FLOPs ratio is to g (our data-aware prior: compute per sample grows about as fast as the
-data), ties by move text.
+When more candidates pass than the search may train (`select`), they are chosen by a **target for compute
+growth**, `target_ratio` (`growth.target_ratio`, default 4 in growth/search.py: the literature's few large jumps,
+G_stack's ×4): candidates are taken round-robin over families (each single dimension of each tower, the shared
+encoder, each compound family), so no family is tried twice before every family has been tried once; inside a
+family, and among the families of one round, in order of how close their FLOPs ratio is to the target (log
+scale), ties by move text. The data still sizes the space (g above) and decides when a search runs
+(`growth.data_ratio`); the target decides which of the admitted moves are worth proxy-training.
 
 The space can be restricted (`Budget.dimensions`, `Budget.shared`; `growth.dimensions`, `growth.shared_encoder`;
 the ablations of issue 11): `dimensions` names the families a move may touch (`vision.layers`, `text.width`, ...,
@@ -135,6 +141,7 @@ def single_moves(arch: Architecture, g: float) -> list[str]:
         moves += [f"{name}.width*={k}" for k in _sizes(2, math.floor(max(g, 1.0)))]
         moves += [f"{name}.heads+={h}" for h in _sizes(1, math.floor(t.heads * grow))]
         moves += [f"{name}.mlp_ratio+={r}" for r in _sizes(1, math.floor(t.mlp_ratio * grow))]
+    moves += [f"{name}.layers*=2" for name in ("vision", "text")]
     if arch.shared.layers:
         moves += [f"shared.layers+={d}" for d in _sizes(1, math.floor(arch.shared.layers * grow))]
     else:
@@ -153,12 +160,18 @@ def family(moves: str) -> str:
     return "+".join(sorted(parts))
 
 
+LARGE = ("vision.layers*=2", "text.layers*=2", "vision.width*=2", "text.width*=2")
+
+
 def compound_moves(arch: Architecture, g: float) -> list[str]:
-    """Pairs of the smallest single moves of different families."""
+    """Pairs of the smallest single moves of different families, then every combination of two or more of the
+    large moves (depth ×2 and width ×2 of each tower)."""
     smallest: dict[str, str] = {}
     for move in single_moves(arch, g):
         smallest.setdefault(family(move), move)
-    return [f"{a},{b}" for a, b in itertools.combinations(smallest.values(), 2)]
+    pairs = [f"{a},{b}" for a, b in itertools.combinations(smallest.values(), 2)]
+    large = [",".join(c) for k in range(2, len(LARGE) + 1) for c in itertools.combinations(LARGE, k)]
+    return pairs + [m for m in large if m not in pairs]
 
 
 def memory_gb(arch: Architecture, layout: Layout, budget: Budget) -> float:
@@ -206,8 +219,10 @@ def place(arch: Architecture, layout: Layout, budget: Budget) -> tuple[Layout | 
 
 def generate(arch: Architecture, g: float, budget: Budget, layout: Layout) -> tuple[list[Candidate], list[dict]]:
     """(candidates within the budget, rejected moves with their reasons), in generation order."""
-    kept, rejected = [], []
+    kept, rejected, seen = [], [], {}
     for moves in single_moves(arch, g) + compound_moves(arch, g):
+        if moves in seen:
+            continue
         if why := budget.outside(moves):
             rejected.append({"move": moves, "reason": why})
             continue
@@ -217,6 +232,10 @@ def generate(arch: Architecture, g: float, budget: Budget, layout: Layout) -> tu
         except GrowthError as e:
             rejected.append({"move": moves, "reason": str(e)})
             continue
+        key = repr(dst.to_dict())
+        if key in seen.values():
+            continue  # the same architecture as an earlier move (vision.layers+=2 and vision.layers*=2 at 2 layers)
+        seen[moves] = key
         gflops, params = dst.flops_per_sample() / 1e9, total_params(dst)
         reason = ""
         if budget.max_gflops is not None and gflops > budget.max_gflops:
@@ -237,19 +256,20 @@ def generate(arch: Architecture, g: float, budget: Budget, layout: Layout) -> tu
     return kept, rejected
 
 
-def select(candidates: list[Candidate], n: int, g: float, src: Architecture) -> list[Candidate]:
-    """At most n candidates (see the module docstring); generation order kept."""
+def select(candidates: list[Candidate], n: int, target_ratio: float, src: Architecture) -> list[Candidate]:
+    """At most n candidates, closest to the FLOPs growth target_ratio first (see the module docstring);
+    generation order kept."""
     if n <= 0 or len(candidates) <= n:
         return list(candidates)
     base = src.flops_per_sample() / 1e9
-    target = math.log(max(g, 1.0))
+    target = math.log(max(target_ratio, 1.0))
 
     def key(c: Candidate):
         return abs(math.log(c.gflops / base) - target), c.moves
 
     groups: dict[str, list[Candidate]] = {}
     for c in candidates:
-        groups.setdefault("compound" if "+" in c.family else c.family, []).append(c)
+        groups.setdefault(c.family, []).append(c)
     queues = [sorted(cs, key=key) for cs in groups.values()]
     chosen: list[Candidate] = []
     while len(chosen) < n:

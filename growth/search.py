@@ -9,20 +9,29 @@ the grown data D_t (carrying its optimizer state), score it on a held-out slice 
   growth operators and PIM (exactly what `grow_checkpoint` writes), torch AdamW with the run's betas, eps and
   weight decay, at the run's learning rate at the growth step, held constant; the Adam step counter continues.
 - **Score** (lower is better): held-out contrastive loss + `penalty`·log2(FLOPs_candidate / FLOPs_source)
-  − `eval_weight`·(top-1 of `eval_task`, when one is named). The penalty is the price of compute: with 0.02 a
-  candidate costing twice the FLOPs per sample must lower the held-out loss by 0.02 more than one costing
-  nothing extra. The GrowCLIP offline experiment (docs/results/growclip-offline.md, "Defaults") kept 0.02:
-  penalties 0 and 0.1 chose the same growths, because the trained candidates are those whose FLOPs ratio is
-  closest to g (similar costs) and the winners' held-out leads exceeded any penalty difference. Untested
-  where candidates of very different cost are trained. The unchanged architecture is trained and scored too,
-  as the reference row; it never wins.
+  − `eval_weight`·(top-1 of `eval_task`, when one is named). The penalty prices compute per sample; it defaults
+  to 0, because the candidates trained are those closest to the compute target (`target_ratio`,
+  growth/candidates.py `select`) and the decision against not growing is guarded by the noise rule below.
+- **"No growth" is a candidate.** The unchanged architecture is proxy-trained and scored like the others (the
+  reference row), and a second time on K other batches of the same stream (the replicate row). The **noise** of
+  the proxy is measured every search: `sqrt(d_rep² + se²)`, where d_rep is the held-out difference between the
+  reference and its replicate (the same candidate on different proxy batches) and se the standard error of the
+  best candidate's per-batch held-out loss minus the reference's (paired over the H held-out batches). The best
+  candidate wins only when it beats the reference's score by more than `noise_margin`·noise; otherwise the run
+  keeps its architecture ("kept": the reference is the winner) and trains on. Noise and margin are recorded.
+  `always_grow` (growth.always_grow) lets the best candidate win regardless, as the search before 2026-12 did.
+- **Compute.** Every row costs gflops·proxy_batch·(3·K + H) GFLOPs (forward and backward on the proxy batches,
+  forward on the held-out ones); their sum is `search_gflop`, recorded with the decision, so that a run counts
+  every search in its compute (growth/auto.py adds the share of the run).
 - **Parallel.** Candidate i runs on rank i mod world; the records are gathered on every rank. Each candidate
   is computed the same way at any world size (same data, same seeds, one intra-op thread), so the ranking,
   winner and scores do not depend on the number of ranks, while the wall time falls with it.
 """
 from __future__ import annotations
 
+import json
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +45,8 @@ from pretrain.data.pipeline import TrainLoader
 from pretrain.data.tokenizer import Tokenizer
 from pretrain.loss import clip_loss_torch
 from pretrain.model import CLIP, get_backend, set_backend
-from pretrain.optim import cosine_with_warmup, param_groups
+from pretrain.optim import param_groups
+from pretrain.schedule import lr_at
 
 from . import universal
 from .candidates import Budget, Candidate, generate, select
@@ -51,11 +61,15 @@ MIX = 8  # streams a proxy batch is drawn from
 
 @dataclass(frozen=True)
 class SearchConfig:
-    candidates: int = 8          # at most this many are proxy-trained (growth/candidates.py: select)
-    proxy_steps: int = 10        # K
+    candidates: int = 3          # at most this many are proxy-trained (growth/candidates.py: select)
+    proxy_steps: int = 20        # K
     proxy_batch: int = 64
     heldout_batches: int = 4     # H
-    penalty: float = 0.02        # score += penalty * log2(FLOPs ratio); docs/results/growclip-offline.md
+    penalty: float = 0.0         # score += penalty * log2(FLOPs ratio); see the module docstring
+    target_ratio: float = 4.0    # the FLOPs growth the candidates are chosen around (candidates.select)
+    noise_margin: float = 1.0    # a growth must beat "no growth" by this many measured noise units
+    cooldown: float = 0.5        # the proxy's lr decays linearly to 0 over this share of its K steps
+    always_grow: bool = False    # the best candidate wins even when no growth scores better (the old search)
     eval_task: str = ""          # e.g. fashion_mnist; "" = loss only
     eval_weight: float = 1.0
     eval_limit: int = 500
@@ -67,21 +81,32 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class Hyper:
-    """The run's optimizer settings at the growth step."""
+    """The run's optimizer settings at the growth step. A grown candidate's k-th proxy step runs at
+    k / (r + 1) of `lr` while k <= r, as the run re-warms after a growth (pretrain/schedule.py), with r the run's
+    growth.rewarm_steps compressed to at most a quarter of the K proxy steps; the unchanged model trains at `lr`,
+    as the run would without growing. Every row then cools down: its lr decays linearly to 0 over the last
+    `cooldown`·K steps, so the held-out loss is read off a settled model, not one oscillating at the peak lr (on
+    the demo's step-200 save, the reference and its replicate differed by 0.064 held-out loss at a constant lr
+    and by 0.016 with the cool-down: docs/design.md, "The growth search")."""
     lr: float
     betas: tuple = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.2
+    rewarm: int = 0
 
     @classmethod
-    def of_run(cls, train: dict, step: int) -> "Hyper":
-        """From a run config's train section (a dict, as checkpoints store it): the scheduled lr at `step`."""
-        lr = float(train.get("lr", 5e-4))
-        opt = torch.optim.SGD([torch.zeros(1)], lr=lr)
-        factor = cosine_with_warmup(opt, int(train.get("warmup", 0)), int(train.get("steps", 1)), lr,
-                                    float(train.get("min_lr", 0.0))).lr_lambdas[0](step)
-        return cls(lr * factor, tuple(train.get("betas", (0.9, 0.98))), float(train.get("eps", 1e-6)),
-                   float(train.get("weight_decay", 0.2)))
+    def of_run(cls, run: dict, step: int) -> "Hyper":
+        """From a checkpoint's run config (a dict): the scheduled lr at `step` and growth.rewarm_steps."""
+        train = run.get("train") or {}
+        return cls(lr_at(train, step), tuple(train.get("betas", (0.9, 0.98))), float(train.get("eps", 1e-6)),
+                   float(train.get("weight_decay", 0.2)), int((run.get("growth") or {}).get("rewarm_steps", 0)))
+
+    def lr_of(self, k: int, grown: bool, steps: int, cooldown: float) -> float:
+        """The lr of proxy step k (1-based) of `steps`: the re-warm of a grown candidate, then the cool-down."""
+        rewarm = min(self.rewarm, steps // 4)  # the run's re-warm, compressed to at most a quarter of the proxy
+        ramp = k / (rewarm + 1) if grown and k <= rewarm else 1.0
+        tail = max(1, round(cooldown * steps)) if cooldown > 0 else 0
+        return self.lr * ramp * (min(1.0, (steps - k + 1) / (tail + 1)) if tail else 1.0)
 
 
 @dataclass
@@ -106,12 +131,13 @@ class Source:
 
 
 def proxy_data(shards: list[str], tokenizer: Tokenizer, image_size: int, cfg: SearchConfig, samples: int):
-    """(train batches, held-out batches): consecutive batches of one seeded stream over D_t. Each batch joins
-    the next rows of MIX disjoint streams (the loader's own split of the shards), so that it holds samples of
-    several shards, old and new, not the first shard or two of one sequential reader."""
-    need = (cfg.proxy_steps + cfg.heldout_batches) * cfg.proxy_batch
+    """(train batches, held-out batches, replicate batches): consecutive batches of one seeded stream over D_t,
+    K, H and K of them. Each batch joins the next rows of MIX disjoint streams (the loader's own split of the
+    shards), so that it holds samples of several shards, old and new, not the first shard or two of one
+    sequential reader."""
+    need = needed_samples(cfg)
     if samples and need > samples:
-        raise GrowthError(f"the search needs {need} distinct samples ((proxy_steps {cfg.proxy_steps} + "
+        raise GrowthError(f"the search needs {need} distinct samples ((2 x proxy_steps {cfg.proxy_steps} + "
                           f"heldout_batches {cfg.heldout_batches}) x proxy_batch {cfg.proxy_batch}) but the data "
                           f"has {samples}")
     mix = next(m for m in range(min(MIX, len(shards), cfg.proxy_batch), 0, -1) if cfg.proxy_batch % m == 0)
@@ -119,15 +145,21 @@ def proxy_data(shards: list[str], tokenizer: Tokenizer, image_size: int, cfg: Se
                                 workers=0, seed=cfg.seed, shuffle_buffer=4 * cfg.proxy_batch // mix))
                for i in range(mix)]
     batches = []
-    for _ in range(cfg.proxy_steps + cfg.heldout_batches):
+    k, h = cfg.proxy_steps, cfg.heldout_batches
+    for _ in range(2 * k + h):
         parts = [next(it) for it in streams]
         batches.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
-    return batches[:cfg.proxy_steps], batches[cfg.proxy_steps:]
+    return batches[:k], batches[k:k + h], batches[k + h:]
+
+
+def needed_samples(cfg: SearchConfig) -> int:
+    """Distinct samples a search reads: K proxy, H held-out and K replicate batches."""
+    return (2 * cfg.proxy_steps + cfg.heldout_batches) * cfg.proxy_batch
 
 
 def grown_model(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, device) -> tuple[CLIP, torch.optim.AdamW]:
     """CLIP(dst) and its AdamW, with weights and moments grown from `src` as grow_checkpoint grows them."""
-    plan = plan_growth(src.arch, dst)
+    plan = plan_growth(src.arch, dst, split=pim.split, depth_init=pim.depth_init)
     init = fresh_init(dst, pim.seed)
     ema = (src.client.get("ema") or {}).get("shadow") or {}
     if pim.inherit and pim.source == "ema" and not ema:
@@ -158,7 +190,9 @@ def evaluate_candidate(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, t
     model, opt = grown_model(src, dst, pim, hyper, device)
     model.train()
     losses = []
-    for batch in train:
+    for k, batch in enumerate(train, 1):
+        for group in opt.param_groups:
+            group["lr"] = hyper.lr_of(k, dst != src.arch, len(train), cfg.cooldown)
         loss = _loss(model, batch, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,9 +200,9 @@ def evaluate_candidate(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, t
         losses.append(loss.item())
     model.eval()
     with torch.no_grad():
-        held = sum(_loss(model, b, device).item() for b in heldout) / max(len(heldout), 1)
+        held = [_loss(model, b, device).item() for b in heldout]
     out = {"proxy_loss": losses[-1] if losses else None, "proxy_first": losses[0] if losses else None,
-           "heldout_loss": held}
+           "heldout_loss": sum(held) / max(len(held), 1), "heldout_losses": held}
     if cfg.eval_task:
         from eval import intrain
         from pretrain.data.transforms import eval_transform
@@ -197,43 +231,81 @@ def score(result: dict, gflops: float, base_gflops: float, cfg: SearchConfig) ->
     return s
 
 
+def noise_of(best: dict, reference: dict, replicate: dict) -> float:
+    """The proxy's measured noise: the same candidate on other proxy batches (reference against its replicate)
+    combined with the held-out sampling error of the paired difference best - reference."""
+    rep = reference["heldout_loss"] - replicate["heldout_loss"]
+    diffs = [b - r for b, r in zip(best["heldout_losses"], reference["heldout_losses"])]
+    se = (statistics.stdev(diffs) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
+    return math.sqrt(rep * rep + se * se)
+
+
+def cost_gflop(row: dict) -> float:
+    """GFLOPs one proxy-trained row cost: forward and backward on K batches, forward on H."""
+    return row["gflops"] * row["proxy_batch"] * (3 * row["proxy_steps"] + row["heldout_batches"])
+
+
+def decide(records: list[dict], cfg: SearchConfig) -> dict:
+    """Rank the candidates, measure the noise, and let "no growth" win unless the best candidate beats it by
+    more than noise_margin x noise. Marks place and winner on the records; returns the decision."""
+    reference = next(r for r in records if r["role"] == "reference")
+    replicate = next(r for r in records if r["role"] == "replicate")
+    ranked = sorted((r for r in records if r["role"] == "candidate"), key=lambda r: (r["score"], r["index"]))
+    for place, r in enumerate(ranked, 1):
+        r["place"], r["winner"] = place, False
+    for r in (reference, replicate):
+        r["place"], r["winner"] = None, False
+    best = ranked[0] if ranked else None
+    noise = noise_of(best, reference, replicate) if best else None
+    margin = reference["score"] - best["score"] if best else None
+    grow = best is not None and (cfg.always_grow or margin > cfg.noise_margin * noise)
+    (best if grow else reference)["winner"] = True
+    return {"kept": not grow, "winner": best["move"] if grow else None, "best": best["move"] if best else None,
+            "reference_score": reference["score"], "winner_score": best["score"] if best else None,
+            "margin": margin, "noise": noise, "noise_margin": cfg.noise_margin,
+            "search_gflop": sum(cost_gflop(r) for r in records)}
+
+
 def search(src: Source, shards: list[str], samples: int, g: float, budget: Budget, layout, pim: PIM, hyper: Hyper,
            cfg: SearchConfig, tokenizer: Tokenizer, echo=print) -> dict:
     """Collective when torch.distributed is initialised (every rank calls it with the same arguments).
-    Returns {"records": ranked candidate records (reference row included), "rejected": [...], "winner": record
-    or None}."""
+    Returns {"records": ranked candidate records, then the reference and replicate rows, "rejected": [...],
+    "winner": the winning candidate's record, or None when no growth won (or none was admitted), "decision":
+    see `decide`}."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     kept, rejected = generate(src.arch, g, budget, layout)
-    chosen = select(kept, cfg.candidates, g, src.arch)
+    chosen = select(kept, cfg.candidates, cfg.target_ratio, src.arch)
     rejected = rejected + [{"move": c.moves, "reason": f"not selected (at most {cfg.candidates} candidates)"}
                            for c in kept if c not in chosen]
     base = src.arch.flops_per_sample() / 1e9
-    jobs = [Candidate("", "reference", src.arch, base, parameter_counts(src.arch)["total"], 0.0, layout.tp,
-                      layout.pp)] + chosen
+    unchanged = Candidate("", "reference", src.arch, base, parameter_counts(src.arch)["total"], 0.0, layout.tp,
+                          layout.pp)
+    train, heldout, replicate = proxy_data(shards, tokenizer, src.arch.vision.image_size, cfg, samples)
+    jobs = [(unchanged, "reference", train)] + [(c, "candidate", train) for c in chosen] + [
+        (unchanged, "replicate", replicate)]
     echo(f"[search] g={g:.3f}: {len(kept)} candidates within the budget, {len(rejected) - len(kept) + len(chosen)} "
-         f"rejected; proxy-training "
-         f"{len(chosen)} + the reference on {world} rank(s), {cfg.proxy_steps} steps each")
-    train, heldout = proxy_data(shards, tokenizer, src.arch.vision.image_size, cfg, samples)
+         f"rejected; proxy-training {len(chosen)} (closest to {cfg.target_ratio:g}x FLOPs) + no growth twice on "
+         f"{world} rank(s), {cfg.proxy_steps} steps each")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic at every world size
     mine, backend = [], get_backend()
     set_backend("torch")  # the torch attention everywhere: the same arithmetic in the run and offline
     try:
-        for index, cand in enumerate(jobs):
+        for index, (cand, role, batches) in enumerate(jobs):
             if index % world != rank:
                 continue
             t0 = time.time()
             try:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(cfg.seed)
-                    result = evaluate_candidate(src, cand.arch, pim, hyper, train, heldout, cfg, tokenizer,
+                    result = evaluate_candidate(src, cand.arch, pim, hyper, batches, heldout, cfg, tokenizer,
                                                 device)
             except Exception as e:  # noqa: BLE001 - gathered, then raised on every rank alike
                 mine.append({"index": index, "move": cand.moves, "error": f"{e.__class__.__name__}: {e}"})
                 continue
-            mine.append({"index": index, **cand.record(), **result,
-                         "score": score(result, cand.gflops, base, cfg), "reference": index == 0,
+            mine.append({"index": index, **cand.record(), **result, "role": role,
+                         "score": score(result, cand.gflops, base, cfg), "reference": role == "reference",
                          "search_rank": rank, "seconds": round(time.time() - t0, 3), "proxy_steps": cfg.proxy_steps,
                          "proxy_batch": cfg.proxy_batch, "heldout_batches": cfg.heldout_batches})
     finally:
@@ -248,24 +320,43 @@ def search(src: Source, shards: list[str], samples: int, g: float, budget: Budge
     if failed:
         raise GrowthError("the search failed on " + "; ".join(f"candidate {r['move'] or '(no growth)'}: "
                                                              f"{r['error']}" for r in failed))
-    ranked = sorted((r for r in records if not r["reference"]), key=lambda r: (r["score"], r["index"]))
-    for place, r in enumerate(ranked, 1):
-        r["place"], r["winner"] = place, place == 1
-    reference = [r for r in records if r["reference"]]
-    for r in reference:
-        r["place"], r["winner"] = None, False
-    return {"records": ranked + reference, "rejected": rejected, "winner": ranked[0] if ranked else None,
-            "g": g, "data_samples": samples, "config": cfg.to_dict(), "budget": budget.to_dict()}
+    decision = decide(records, cfg)
+    ranked = sorted((r for r in records if r["role"] == "candidate"), key=lambda r: r["place"])
+    winner = next((r for r in ranked if r["winner"]), None)
+    return {"records": ranked + [r for r in records if r["role"] != "candidate"], "rejected": rejected,
+            "winner": winner, "decision": decision, "g": g, "data_samples": samples, "config": cfg.to_dict(),
+            "budget": budget.to_dict()}
+
+
+def write_record(path: Path, result: dict, step: int, extra: dict | None = None) -> None:
+    """OUT/growth/search-step<N>.jsonl, atomically: one line per proxy-trained row, one per rejected move, and
+    one summary line (`"summary": true`) with the decision and its compute (plus `extra`, the run's share)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for r in result["records"]:
+            f.write(json.dumps({"step": step, "g": result["g"], "data_samples": result["data_samples"], **r}) + "\n")
+        for r in result["rejected"]:
+            f.write(json.dumps({"step": step, "rejected": True, **r}) + "\n")
+        if result.get("decision"):
+            f.write(json.dumps({"step": step, "summary": True, **result["decision"], **(extra or {})}) + "\n")
+    tmp.replace(path)
 
 
 def table(result: dict) -> str:
-    """The ranked candidates as a Markdown table."""
+    """The ranked candidates as a Markdown table, then the decision with its margin and noise."""
     lines = ["| # | move | GFLOPs | params | (tp,pp) | proxy loss | held-out loss | score | s |",
              "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in result["records"]:
-        lines.append(f"| {r['place'] or 'ref'} | {r['move'] or '(no growth)'} | {r['gflops']:.4g} | "
+        place = r["place"] or {"reference": "ref", "replicate": "rep"}[r["role"]]
+        lines.append(f"| {place} | {r['move'] or '(no growth)'} | {r['gflops']:.4g} | "
                      f"{r['params']:,} | ({r['tp']},{r['pp']}) | {r['proxy_loss']:.4f} | {r['heldout_loss']:.4f} | "
                      f"{r['score']:.4f} | {r['seconds']:.1f} |")
+    d = result.get("decision")
+    if d and d["best"] is not None:
+        verdict = f"grow: {d['winner']}" if not d["kept"] else "kept: no growth"
+        lines.append(f"\n{verdict} (best {d['best']} leads no growth by {d['margin']:+.4f}; noise {d['noise']:.4f} "
+                     f"x margin {d['noise_margin']:g}; search {d['search_gflop']:.4g} GFLOPs)")
     return "\n".join(lines)
 
 
@@ -291,6 +382,16 @@ def parse_args(argv=None):
     for name in ("candidates", "proxy_steps", "proxy_batch", "heldout_batches"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     p.add_argument("--penalty", type=float, default=defaults.penalty, help="score += penalty * log2(FLOPs ratio)")
+    p.add_argument("--target-ratio", type=float, default=defaults.target_ratio,
+                   help="FLOPs growth the trained candidates are chosen around")
+    p.add_argument("--always-grow", action="store_true", help="the best candidate wins even when no growth "
+                                                                "scores better")
+    p.add_argument("--cooldown", type=float, default=defaults.cooldown,
+                   help="share of the proxy steps over which its lr decays to 0 before the held-out loss")
+    p.add_argument("--rewarm-steps", type=int, help="proxy re-warm of grown candidates (default: the run's "
+                                                     "growth.rewarm_steps)")
+    p.add_argument("--noise-margin", type=float, default=defaults.noise_margin,
+                   help="a growth must beat no growth by this many measured noise units")
     p.add_argument("--eval-task", default=defaults.eval_task, help="optional eval task in the score")
     p.add_argument("--seed", type=int, help="data seed (default: the run's train.seed)")
     p.add_argument("--pim-m", type=float, default=pim.m)
@@ -307,7 +408,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    import json
+    import dataclasses
     import shutil
     import sys
     import tempfile
@@ -342,20 +443,24 @@ def main(argv=None) -> int:
                         args.micro_batch or (run.get("train") or {}).get("micro_batch", 64), args.zero_stage,
                         tuple(args.dimensions.split(",")) if args.dimensions else None, not args.no_shared_encoder)
         seed = args.seed if args.seed is not None else (run.get("train") or {}).get("seed", 0)
-        cfg = SearchConfig(args.candidates, args.proxy_steps, args.proxy_batch, args.heldout_batches, args.penalty,
-                           args.eval_task, seed=seed)
+        cfg = SearchConfig(candidates=args.candidates, proxy_steps=args.proxy_steps, proxy_batch=args.proxy_batch,
+                           heldout_batches=args.heldout_batches, penalty=args.penalty, target_ratio=args.target_ratio,
+                           noise_margin=args.noise_margin, cooldown=args.cooldown, always_grow=args.always_grow,
+                           eval_task=args.eval_task, seed=seed)
         pim = PIM(args.pim_m, args.pim_source, args.pim_seed, not args.no_inherit)
         tok_path = tag / "tokenizer.model"
-        result = search(src, shards, samples, g, budget, layout, pim, Hyper.of_run(run.get("train") or {},
-                        src.client["step"]), cfg, Tokenizer(tok_path, src.arch.text.context))
+        hyper = Hyper.of_run(run, src.client["step"])
+        if args.rewarm_steps is not None:
+            hyper = dataclasses.replace(hyper, rewarm=args.rewarm_steps)
+        result = search(src, shards, samples, g, budget, layout, pim, hyper, cfg,
+                        Tokenizer(tok_path, src.arch.text.context))
         print(table(result))
         if args.record:
-            with open(args.record, "w") as f:
-                for r in result["records"] + [{"rejected": True, **r} for r in result["rejected"]]:
-                    f.write(json.dumps({"step": src.client["step"], "g": g, "data_samples": samples, **r}) + "\n")
+            write_record(Path(args.record), result, src.client["step"])
         if args.out:
             if result["winner"] is None:
-                raise GrowthError("the budget admits no candidate; nothing written")
+                raise GrowthError("no growth won the search (see the decision above); nothing written"
+                                  if result["records"] else "the budget admits no candidate; nothing written")
             w = result["winner"]
             grow_checkpoint(uni, w["move"], args.out, layout=Layout.for_world(layout.world, w["tp"], w["pp"]),
                             pim=pim, tokenizer=tok_path, extra={"data_samples": samples, "search": {

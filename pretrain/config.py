@@ -101,6 +101,7 @@ class GrowthConfig:
     target_ratio: float | None = None             # auto: the FLOPs growth the search aims at (candidates.select);
                                                   # None: growth/search.py's SearchConfig
     noise_margin: float | None = None             # auto: a growth must beat "no growth" by this many noise units
+    always_grow: bool | None = None               # auto: the best candidate wins even when "no growth" scores better
     candidates: int | None = None                 # search settings; None: growth/search.py's SearchConfig
     proxy_steps: int | None = None
     proxy_batch: int | None = None
@@ -278,6 +279,8 @@ def validate_stages(cfg: RunConfig, source: str) -> None:
     if g.symmetry_split is not None and (not isinstance(g.symmetry_split, (int, float))
                                          or isinstance(g.symmetry_split, bool) or not 0 <= g.symmetry_split < 1):
         raise ConfigError(f"{source}: growth.symmetry_split must be a number in [0, 1), got {g.symmetry_split!r}")
+    if g.always_grow is not None and not isinstance(g.always_grow, bool):
+        raise ConfigError(f"{source}: growth.always_grow must be true or false, got {g.always_grow!r}")
     if g.depth_init not in (None, "copy", "fresh"):
         raise ConfigError(f"{source}: growth.depth_init must be copy or fresh, got {g.depth_init!r}")
 

@@ -37,7 +37,7 @@ from growth.candidates import Budget
 from growth.errors import GrowthError
 from growth.hook import grow_checkpoint
 from growth.pim import PIM
-from growth.search import SearchConfig, reference_samples
+from growth.search import SearchConfig, needed_samples, reference_samples
 from growth.space import check_growth, target_architecture, validate_layout
 
 from . import checkpoint as ckpt
@@ -79,14 +79,16 @@ def resume_plan(cfg: RunConfig, client: dict) -> tuple[list[GrowthStep], tuple[i
 def pim_of(cfg: RunConfig) -> PIM:
     """growth.pim_*; an unset one takes growth/pim.py's default, which lives only there."""
     g = cfg.growth
-    keys = (("m", g.pim_m), ("source", g.pim_source), ("seed", g.pim_seed), ("inherit", g.pim_inherit))
+    keys = (("m", g.pim_m), ("source", g.pim_source), ("seed", g.pim_seed), ("inherit", g.pim_inherit),
+            ("split", g.symmetry_split), ("depth_init", g.depth_init))
     return PIM(**{k: v for k, v in keys if v is not None})
 
 
 def search_of(cfg: RunConfig) -> SearchConfig:
     """growth.* search settings; unset ones take growth/search.py's defaults."""
     g = cfg.growth
-    keys = ("candidates", "proxy_steps", "proxy_batch", "heldout_batches", "penalty", "eval_task")
+    keys = ("candidates", "proxy_steps", "proxy_batch", "heldout_batches", "penalty", "eval_task", "target_ratio",
+            "noise_margin", "always_grow")
     return SearchConfig(**{k: getattr(g, k) for k in keys if getattr(g, k) is not None}, seed=cfg.train.seed)
 
 
@@ -220,8 +222,7 @@ class GrowingRun:
             if b > start and folder.exists():
                 raise ConfigError(f"data.stage_steps: {folder} exists from an earlier attempt that went past step "
                                   f"{start}; remove it, or resume that attempt")
-            s = search_of(self.cfg)
-            need, have = (s.proxy_steps + s.heldout_batches) * s.proxy_batch, count_samples(self.stages[stage])
+            need, have = needed_samples(search_of(self.cfg)), count_samples(self.stages[stage])
             if need > have:
                 raise ConfigError(f"growth.proxy_steps/heldout_batches/proxy_batch: the search needs {need} distinct "
                                   f"samples of data.stages[{stage}], which holds {have}")

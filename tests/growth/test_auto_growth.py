@@ -1,8 +1,11 @@
 """Data-aware automatic growth inside a run (pretrain/growth_loop.py, growth/auto.py, growth/search.py).
 
-One 2-rank ZeRO-1 run with two data stages (4 of the 8 tiny shards, then all 8) grows by itself at the stage
-boundary: the search proxy-trains its candidates on both ranks and the winner is grown with PIM m = 1 from the
-last weights. The same search is re-run offline in one process (`python -m growth.search`), which must rank the
+One 2-rank ZeRO-1 run with two data stages (4 of the 8 tiny shards, then all 8) and the growing configs' defaults
+(wsd schedule with a re-warm, symmetry breaking, stacking, candidates chosen around 4x FLOPs, "no growth" a real
+candidate with the noise rule) grows by itself at the stage boundary, to at least 2x the FLOPs per sample: the
+search proxy-trains its candidates on both ranks and the winner is grown with PIM m = 1 from the last weights;
+the search costs at most 5% of the run's training compute. The same search is re-run offline in one process
+(`python -m growth.search`), which must rank the
 candidates identically, with the same scores, and write the same grown winner. A second run grows its manifest
 between two jobs under a budget that admits nothing: the growth is skipped with the reason, training goes on.
 """
@@ -23,10 +26,11 @@ from tests.conftest import ROOT, launch, metrics
 from tests.growth.helpers import TOL
 from tests.growth.runs import first_batches, grown_model, single_process_loss
 
-STEPS, BOUNDARY = 6, 3
-SEARCH = ["growth.mode=auto", "growth.candidates=3", "growth.proxy_steps=2", "growth.proxy_batch=16",
+STEPS, BOUNDARY = 80, 3
+SEARCH = ["growth.mode=auto", "growth.candidates=3", "growth.proxy_steps=4", "growth.proxy_batch=16",
           "growth.heldout_batches=2", "growth.pim_source=last"]
-CLI_SEARCH = ["--candidates", "3", "--proxy-steps", "2", "--proxy-batch", "16", "--heldout-batches", "2",
+GROWING = ["train.lr_schedule=wsd", "growth.rewarm_steps=4"]  # what the growing configs set
+CLI_SEARCH = ["--candidates", "3", "--proxy-steps", "4", "--proxy-batch", "16", "--heldout-batches", "2",
               "--pim-source", "last"]
 
 
@@ -39,8 +43,8 @@ def stages(tiny_data) -> list[str]:
 def auto_run(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("auto") / "run"
     launch(run, tiny_data, f"train.steps={STEPS}", "train.lr=0.002", "train.warmup=1", 'data.shards=""',
-           f"data.stages={json.dumps(stages(tiny_data))}", f"data.stage_steps=[{BOUNDARY}]", *SEARCH,
-           ds_config="ds_configs/zero1.json")
+           f"data.stages={json.dumps(stages(tiny_data))}", f"data.stage_steps=[{BOUNDARY}]", *SEARCH, *GROWING,
+           "train.save_every=0", ds_config="ds_configs/zero1.json")
     return run
 
 
@@ -49,8 +53,14 @@ def grown_tag(run):
 
 
 def records(path: Path) -> tuple[list[dict], list[dict]]:
+    """(proxy-trained rows, rejected moves) of a search record; `decision` gives its summary line."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r for r in rows if not r.get("rejected")], [r for r in rows if r.get("rejected")]
+    return ([r for r in rows if not r.get("rejected") and not r.get("summary")],
+            [r for r in rows if r.get("rejected")])
+
+
+def decision(path: Path) -> dict:
+    return next(json.loads(line) for line in path.read_text().splitlines() if json.loads(line).get("summary"))
 
 
 @pytest.mark.slow
@@ -59,9 +69,14 @@ def test_the_run_grows_by_itself_at_the_stage_boundary(auto_run):
     assert sorted(m) == list(range(1, STEPS + 1)) and all(math.isfinite(r["loss"]) for r in m.values())
     assert [m[s]["data_samples"] for s in m] == [1200] * BOUNDARY + [2400] * (STEPS - BOUNDARY)
     assert len({m[s]["params"] for s in range(1, BOUNDARY + 1)}) == 1
-    assert m[BOUNDARY + 1]["params"] > m[BOUNDARY]["params"]
+    assert m[BOUNDARY + 1]["gflops"] >= 2 * m[BOUNDARY]["gflops"]  # one large move, not a 1.1x nudge
+    assert len({m[s]["params"] for s in range(BOUNDARY + 1, STEPS + 1)}) == 1  # once
     trained, _ = records(auto_run / "growth" / f"search-step{BOUNDARY}.jsonl")
     winner = next(r for r in trained if r["winner"])
+    assert winner["role"] == "candidate"
+    summary = decision(auto_run / "growth" / f"search-step{BOUNDARY}.jsonl")
+    assert not summary["kept"] and summary["winner"] == winner["move"] and summary["margin"] > summary["noise"]
+    assert 0 < summary["share"] <= 0.05, summary  # the search's share of the run's training compute
     entry = ckpt.read_client_state(grown_tag(auto_run))["growth_history"][-1]
     assert (entry["move"], entry["source_step"], entry["data_samples"]) == (winner["move"], BOUNDARY, 2400)
     assert entry["search"]["winner"] == winner["move"] and entry["search"]["g"] == pytest.approx(2.0)
@@ -83,11 +98,12 @@ def test_first_loss_after_the_growth_is_the_grown_models_loss(auto_run):
 @pytest.mark.slow
 def test_the_search_record_holds_every_candidate(auto_run):
     trained, rejected = records(auto_run / "growth" / f"search-step{BOUNDARY}.jsonl")
-    assert len(trained) == 4 and sum(r["reference"] for r in trained) == 1  # 3 candidates + no growth
+    assert len(trained) == 5 and sum(r["reference"] for r in trained) == 1  # 3 candidates + no growth, twice
+    assert sorted(r["role"] for r in trained) == ["candidate"] * 3 + ["reference", "replicate"]
     for r in trained:
         for key in ("move", "gflops", "params", "proxy_loss", "heldout_loss", "score", "seconds", "tp", "pp"):
             assert r[key] is not None, key
-    ranked = sorted((r for r in trained if not r["reference"]), key=lambda r: r["score"])
+    ranked = sorted((r for r in trained if r["role"] == "candidate"), key=lambda r: r["score"])
     assert [r["place"] for r in ranked] == [1, 2, 3] and ranked[0]["winner"] and not any(
         r["winner"] for r in ranked[1:])
     assert {r["search_rank"] for r in trained} == {0, 1}  # both ranks proxy-trained candidates
@@ -211,7 +227,8 @@ def test_a_manifest_that_grows_while_the_job_runs_triggers_the_growth(tiny_data,
             time.sleep(0.02)
 
     launch(run, tiny_data, f"data.shards={manifest}", "train.steps=30", "data.refresh_every=1",
-           "growth.data_ratio=1.5", *SEARCH, ds_config="ds_configs/zero1.json", while_running=grow_the_manifest)
+           "growth.data_ratio=1.5", "growth.always_grow=true", *SEARCH, ds_config="ds_configs/zero1.json",
+           while_running=grow_the_manifest)
     m = metrics(run)
     grown_at = [s for s in m if m[s]["data_samples"] == 2400]
     assert grown_at and sorted(m) == list(range(1, 31)), "the manifest grew after the run ended"
@@ -221,3 +238,27 @@ def test_a_manifest_that_grows_while_the_job_runs_triggers_the_growth(tiny_data,
     history = ckpt.read_client_state(run / "checkpoints" / "step00000030")["growth_history"]
     assert [(h["source_step"], h["data_samples"], h["search"]["g"]) for h in history] == [(step, 2400, 2.0)]
     assert (run / "growth" / f"search-step{step}.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_a_search_that_ranks_no_growth_first_keeps_the_architecture_and_trains_on(tiny_data, tmp_path):
+    """A compute price so high (growth.penalty=10 per doubling of FLOPs) that the proxy ranks the unchanged model
+    first: the run logs "no growth" with the scores, keeps its architecture, lets the new stage in and trains on;
+    the record's summary says kept, and nothing is grown."""
+    run = tmp_path / "run"
+    proc = launch(run, tiny_data, "train.steps=6", "train.warmup=1", 'data.shards=""',
+                  f"data.stages={json.dumps(stages(tiny_data))}", "data.stage_steps=[3]", *SEARCH, *GROWING,
+                  "growth.penalty=10", ds_config="ds_configs/zero1.json")
+    out = proc.stdout + proc.stderr
+    assert "no growth: the best candidate" in out and "for the unchanged model" in out
+    m = metrics(run)
+    assert sorted(m) == list(range(1, 7)) and len({m[s]["params"] for s in m}) == 1
+    assert [m[s]["data_samples"] for s in m] == [1200] * 3 + [2400] * 3
+    trained, _ = records(run / "growth" / "search-step3.jsonl")
+    reference = next(r for r in trained if r["reference"])
+    assert reference["winner"] and reference["score"] < min(r["score"] for r in trained if r["role"] == "candidate")
+    summary = decision(run / "growth" / "search-step3.jsonl")
+    assert summary["kept"] and summary["winner"] is None and summary["margin"] < 0
+    assert not (run / "grown").exists()
+    final = ckpt.read_client_state(run / "checkpoints" / "step00000006")
+    assert final["growth_history"] == [] and final["data_samples"] == 2400

@@ -26,7 +26,7 @@ def test_the_space_widens_with_the_data_growth_ratio():
     assert small < large
     for move in ("vision.layers+=4", "text.layers+=4", "vision.heads+=4", "text.mlp_ratio+=4"):
         assert move in large and move not in small
-    assert max(int(m.split("+=")[1]) for m in small if m.startswith("vision.layers")) == 1
+    assert max(int(m.split("+=")[1]) for m in small if m.startswith("vision.layers+=")) == 1
     loose = Budget()
     assert len(generate(TINY, 2.0, loose, Layout())[0]) > len(generate(TINY, 1.1, loose, Layout())[0])
 
@@ -102,3 +102,32 @@ def test_a_kernel_head_dim_limit_rejects_wider_heads():
     kept, rejected = generate(TINY, 2.0, Budget(max_head_dim=32), Layout())
     assert "vision.width*=2" not in moves(kept) and "vision.heads+=1" in moves(kept)
     assert any(r["move"] == "vision.width*=2" and "head_dim" in r["reason"] for r in rejected)
+
+
+def test_one_growth_can_reach_several_times_the_flops():
+    """Depth x2 by stacking and width x2, per tower and compound, are in the space even when the data grew little:
+    one step can propose a 4x (and an 8x) FLOPs growth when the budget allows it, and never the same architecture
+    twice."""
+    kept, _ = generate(TINY, 1.1, Budget(), Layout())
+    base = TINY.flops_per_sample()
+    ratios = {c.moves: c.arch.flops_per_sample() / base for c in kept}
+    for move in ("vision.layers*=2", "text.layers*=2", "vision.width*=2", "text.width*=2",
+                 "vision.layers*=2,text.layers*=2", "vision.width*=2,text.width*=2"):
+        assert move in ratios, move
+    assert max(ratios.values()) > 7 and any(3.5 <= r <= 4.5 for r in ratios.values())
+    assert len({repr(c.arch.to_dict()) for c in kept}) == len(kept)
+    capped = generate(TINY, 1.1, Budget(max_gflops=base * 4.2 / 1e9), Layout())[0]
+    assert max(c.gflops * 1e9 / base for c in capped) <= 4.2
+
+
+def test_the_candidates_trained_are_those_closest_to_the_compute_target():
+    """select() aims at growth.target_ratio, not at g: with data grown by 10% and a target of 4x, the three
+    candidates are the ones whose FLOPs ratio is closest to 4 (each of another family); a target of 2 picks others."""
+    kept, _ = generate(TINY, 1.1, Budget(), Layout())
+    base = TINY.flops_per_sample() / 1e9
+    chosen = select(kept, 3, 4.0, TINY)
+    distance = sorted(abs(math.log(c.gflops / base) - math.log(4.0)) for c in kept)
+    assert len(chosen) == 3 and len({c.family for c in chosen}) == 3
+    assert all(abs(math.log(c.gflops / base) - math.log(4.0)) <= distance[8] for c in chosen)
+    assert all(c.gflops / base > 2.5 for c in chosen)
+    assert {c.moves for c in select(kept, 3, 2.0, TINY)} != {c.moves for c in chosen}
