@@ -1,6 +1,4 @@
-"""AdamW parameter groups, the optimizer (fused on GPUs) and the warmup + cosine schedule."""
-import math
-
+"""AdamW parameter groups and the optimizer (fused on GPUs); the lr schedule is in schedule.py."""
 import torch
 
 
@@ -57,11 +55,3 @@ def build_optimizer(model: torch.nn.Module, kind: str, lr: float, betas, eps: fl
         return FusedAdam(groups, lr=lr, betas=betas, eps=eps, adam_w_mode=True)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if kind == "torch_fused" else {}))
 
-
-def cosine_with_warmup(optimizer, warmup: int, total: int, lr: float, min_lr: float):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return (min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))) / lr
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -29,13 +29,14 @@ from .ema import EMA
 from .loss import ContrastiveLoss
 from .model import CLIP, set_backend
 from .model.clip import logit_scale_value
-from .optim import build_optimizer, cosine_with_warmup, named_groups, optimizer_kind
+from .optim import build_optimizer, named_groups, optimizer_kind
 from .parallel.cuts import shard, split_of
 from .parallel.groups import init_distributed, init_groups
 from .parallel.layout import Layout
 from .parallel.pipeline import CLIPPipeline, full_state
 from .parallel.pipeline_plan import describe
 from .parallel.tensor import apply_tensor_parallel
+from .schedule import build_scheduler, growth_warning, set_lr
 
 
 class DivergedError(RuntimeError):
@@ -232,7 +233,9 @@ class Trainer:
         del states
         optimizer = build_optimizer(model, self.optimizer_kind, cfg.train.lr, cfg.train.betas, cfg.train.eps,
                                     cfg.train.weight_decay)
-        scheduler = cosine_with_warmup(optimizer, cfg.train.warmup, cfg.train.steps, cfg.train.lr, cfg.train.min_lr)
+        history = (client or {}).get("growth_history", [])  # the re-warms; DeepSpeed restores the position
+        scheduler = build_scheduler(optimizer, cfg.train, [h["source_step"] for h in history if "source_step" in h],
+                                    cfg.growth.rewarm_steps)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=ds_config, mpu=mpu)
         self.dtype = (torch.bfloat16 if self.engine.bfloat16_enabled() else
@@ -303,10 +306,14 @@ class Trainer:
                                                    load_module_strict=not universal)
         if load_path is None:
             raise ckpt.CheckpointError(f"DeepSpeed could not load {tag_dir}")
+        set_lr(self.engine.lr_scheduler)  # the optimizer's saved lr is that of the save before a growth
         self.step = client["step"]
         self.samples_seen = client.get("samples", self.step * self.cfg.train.micro_batch * self.cfg.train.grad_accum
                                        * self.layout.dp)  # older checkpoints: as if the layout never changed
         self.growth_history = list(client.get("growth_history", []))
+        warning = growth_warning(self.cfg.train, self.growth_history, self.step)
+        if warning and self.rank == 0:
+            print(warning, flush=True)
         if client.get("ema"):
             ema = client["ema"]
             mine = dict(self.engine.module.named_parameters())  # this stage's share

@@ -15,7 +15,7 @@ from pretrain.config import load_run_config
 from pretrain.growth_loop import grown_after_crash, resume_plan
 from pretrain.main import main
 from pretrain.model import CLIP
-from pretrain.optim import cosine_with_warmup
+from pretrain.schedule import cosine_with_warmup
 from pretrain.trainer import batch_fingerprint
 from tests.conftest import ROOT, launch, metrics
 from tests.growth.helpers import TOL
