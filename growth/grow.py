@@ -1,5 +1,6 @@
 """Grow a checkpoint: `python -m growth.grow --from CKPT (--to ARCH.yaml | --move "vision.layers+=2,text.width*=2")
---tp T --pp P --out NEW [--pim-m 0.9 --pim-source ema] [--pim-seed 0] [--reset-moments] [--tokenizer PATH]`.
+--tp T --pp P --out NEW [--pim-m 0.9 --pim-source ema] [--pim-seed 0] [--split 0.5] [--depth-init copy|fresh]
+[--reset-moments] [--tokenizer PATH]`.
 
 CKPT: a run folder, a checkpoints folder, or a tag folder, DeepSpeed (converted to universal first) or universal.
 NEW: a folder that must not exist; it receives a universal checkpoint of the grown model, which
@@ -31,6 +32,11 @@ def parse_args(argv=None):
     p.add_argument("--pim-m", type=float, default=defaults.m, help="PIM momentum m in (0, 1]; 1 = exact")
     p.add_argument("--pim-source", choices=("ema", "last"), default=defaults.source, help="weights to inherit")
     p.add_argument("--pim-seed", type=int, default=defaults.seed, help="seed of the fresh initialisation")
+    p.add_argument("--split", type=float, default=defaults.split,
+                   help="symmetry breaking in [0, 1): the copies of a duplicated unit share the weights that read "
+                        "it unequally (0 = plain tiling, whose copies never separate); exact for any value")
+    p.add_argument("--depth-init", choices=("copy", "fresh"), default=defaults.depth_init,
+                   help="new blocks copy the old block each follows, or start fresh (residual outputs zero)")
     p.add_argument("--reset-moments", action="store_true", help="zero the Adam state (and its step) instead "
                                                                 "of mapping it")
     p.add_argument("--tokenizer", help="tokenizer.model, when a universal source lacks it")
@@ -42,8 +48,8 @@ def main(argv=None) -> int:
     try:
         target = Architecture.load(args.to) if args.to else args.move
         layout = Layout.for_world(args.tp * args.pp, args.tp, args.pp)
-        grow_checkpoint(args.source, target, args.out, layout=layout,
-                        pim=PIM(args.pim_m, args.pim_source, args.pim_seed), reset_moments=args.reset_moments,
+        pim = PIM(args.pim_m, args.pim_source, args.pim_seed, split=args.split, depth_init=args.depth_init)
+        grow_checkpoint(args.source, target, args.out, layout=layout, pim=pim, reset_moments=args.reset_moments,
                         tokenizer=args.tokenizer, progress=True)
     except (GrowthError, CheckpointError, ArchitectureError, LayoutError) as e:
         print(f"error: {e}", file=sys.stderr)

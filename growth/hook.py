@@ -36,7 +36,8 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
                     extra: dict | None = None) -> Path:
     """Grow the checkpoint at `source` into `target` (moves, their text, or an architecture) and write a
     universal checkpoint to the new folder `out`. Returns the grown tag folder. `extra` joins the growth
-    history entry (the search's record, the data size)."""
+    history entry (the search's record, the data size). The PIM carries how T maps too (`split`, `depth_init`)
+    and is recorded whole in the history entry."""
     out = Path(out)
     if out.exists():
         raise GrowthError(f"{out} already exists; growth never writes over a folder, choose a new --out")
@@ -48,7 +49,7 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
     if pim.inherit and pim.source == "ema" and not (client.get("ema") or {}).get("shadow"):
         raise GrowthError(f"{src_tag}: PIM source 'ema' but the checkpoint holds no EMA weights; use 'last'")
     tok = _tokenizer(src_tag, tokenizer, client)
-    plan = plan_growth(src_arch, dst_arch)
+    plan = plan_growth(src_arch, dst_arch, split=pim.split, depth_init=pim.depth_init)
     for note in notes:
         echo(f"warning: {note}")
 

@@ -5,6 +5,14 @@ none) and a scale. `TensorMap` is a whole tensor: its source tensor and one Inde
 TensorMap is one `index_select` per non-identity dimension, so weights, EMA weights and both Adam moments of any
 parameter go through the same few lines: weights and `exp_avg` take the scale, `exp_avg_sq` its square (the
 method doc's rule), new entries take the fresh initialisation (or zero) for weights and zero for moments.
+
+Symmetry breaking (`fan_in(split)`): the weights that read a duplicated unit (its consumers: the fan-in side of
+the next linear map) are split unequally between the copies, LEMON-style, the fractions summing to 1, so every
+linear sum, and with it the grown function, is unchanged. A source index copied k times gives its copy number r
+(0-based, in target order) the fraction (1 + s·c_r)/k with c_r = (2r − (k−1))/(k−1), i.e. c runs evenly from −1
+to +1 (k = 2, s = 0.5: 0.25 and 0.75); k = 1 keeps 1. s = 0 is plain tiling (1/k each), whose copies AdamW
+keeps bit-identical forever: identical copies get identical gradients. With s > 0 the copies' gradients differ
+(the consumers weigh them differently), so training separates them.
 """
 from __future__ import annotations
 
@@ -53,9 +61,35 @@ class IndexMap:
         counts = torch.bincount(self.src[self.src != NEW], minlength=max(self.source_size, 1))
         return torch.where(self.src == NEW, 1, counts[self.src.clamp(min=0)]).to(torch.float64)
 
-    def fan_in(self) -> "IndexMap":
-        """The map for an input dimension: duplicated inputs are summed, so each copy's weight is divided."""
-        return IndexMap(self.src, self.scale / self.copies(), self.source_size)
+    def copy_rank(self) -> torch.Tensor:
+        """Per target index, its copy number r among the targets of the same source index, in target order
+        (0 for new ones)."""
+        rank = torch.zeros(self.size, dtype=torch.int64)
+        old = (self.src != NEW).nonzero().flatten()
+        if old.numel():
+            src = self.src[old]
+            order = torch.argsort(src, stable=True)
+            counts = torch.bincount(src, minlength=max(self.source_size, 1))
+            start = torch.cumsum(counts, 0) - counts
+            rank[old[order]] = torch.arange(old.numel()) - start[src[order]]
+        return rank
+
+    def fractions(self, split: float = 0.0) -> torch.Tensor:
+        """Per target index, its share of its source index: (1 + split·c_r)/k with c_r = (2r − (k−1))/(k−1)
+        for a source copied k > 1 times, copy number r (`copy_rank`); 1 for k = 1 and for new indices. The
+        shares of one source sum to 1; split = 0 gives 1/k each."""
+        if not 0.0 <= split < 1.0:
+            raise ValueError(f"split must be in [0, 1), got {split}")
+        k = self.copies()
+        centred = (2 * self.copy_rank().to(torch.float64) - (k - 1)) / (k - 1).clamp(min=1)
+        return (1 + split * centred) / k
+
+    def fan_in(self, split: float = 0.0) -> "IndexMap":
+        """The map for an input dimension: duplicated inputs are summed, so the copies' weights share the
+        original by `fractions(split)` (equally, 1/k each, at split 0)."""
+        if split == 0.0:
+            return IndexMap(self.src, self.scale / self.copies(), self.source_size)
+        return IndexMap(self.src, self.scale * self.fractions(split), self.source_size)
 
     def scaled(self, factor) -> "IndexMap":
         return IndexMap(self.src, self.scale * factor, self.source_size)

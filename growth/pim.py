@@ -10,6 +10,14 @@ itself matters: a fresh initialisation ended 0.49 worse.
 `inherit=False` is the no-inheritance ablation (issue 11): the grown architecture starts from θ_init alone, its
 Adam moments and step counter are reset (and the EMA's warm-up restarts), as a model trained from scratch at that
 architecture would be.
+
+Two settings of how T maps, kept here beside the blend so one PIM value carries every growth choice (and the
+growth history records them): `split` (default 0.5), the unequal share of duplicated units in the weights that
+read them (growth/index_map.py IndexMap.fan_in; 0 is plain tiling, whose copies AdamW never separates), and
+`depth_init` (default "copy"), a new block's non-residual weights copied from the old block it follows, or
+"fresh" (θ_init); its residual outputs are zero either way, so both are exact (growth/plan.py). The defaults
+follow the method doc's "What makes growth pay" (break symmetry losslessly; stack) and are not yet tuned by a
+measurement.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from pretrain.arch import Architecture
 from pretrain.model import CLIP
 
 from .errors import GrowthError
+from .operators import DEPTH_INITS
 
 
 @dataclass(frozen=True)
@@ -29,12 +38,18 @@ class PIM:
     source: str = "ema"     # idem
     seed: int = 0
     inherit: bool = True  # False: no inheritance (θ = θ_init, moments and step reset)
+    split: float = 0.5      # symmetry breaking of duplicated units, in [0, 1); 0: plain tiling
+    depth_init: str = "copy"  # new blocks: "copy" (the old block each follows) or "fresh"
 
     def __post_init__(self):
         if not 0.0 < self.m <= 1.0:
             raise GrowthError(f"PIM momentum m must be in (0, 1], got {self.m}")
         if self.source not in ("ema", "last"):
             raise GrowthError(f"PIM source must be 'ema' or 'last', got {self.source!r}")
+        if isinstance(self.split, bool) or not isinstance(self.split, (int, float)) or not 0.0 <= self.split < 1.0:
+            raise GrowthError(f"PIM split must be a number in [0, 1), got {self.split!r}")
+        if self.depth_init not in DEPTH_INITS:
+            raise GrowthError(f"PIM depth_init must be one of {', '.join(DEPTH_INITS)}, got {self.depth_init!r}")
 
     def blend(self, mapped: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
         if not self.inherit:

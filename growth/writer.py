@@ -2,7 +2,10 @@
 DeepSpeed's universal loading reads its metadata from, and the global optimizer state.
 
 Parameters are streamed one at a time (a source parameter is read, grown and written before the next), so
-memory holds the fresh initialisation, the EMA and the module copy, never two optimizer states.
+memory holds the fresh initialisation, the EMA and the module copy, never two optimizer states. A block copied
+by depth growth (depth_init "copy") is a TensorMap whose source is the old block's parameter, so its fp32 weight,
+Adam moments and EMA are read from that block like any other inherited tensor; its zero residual outputs have
+no source (weights and moments zero).
 """
 from __future__ import annotations
 

@@ -39,7 +39,8 @@ def test_grown_checkpoint_contents(grown, source_run):
     assert client["step"] == SOURCE_STEPS and client["data"] == src_client["data"]
     entry = client["growth_history"][-1]
     assert entry["move"] == MOVE and entry["source_step"] == SOURCE_STEPS
-    assert entry["pim"] == {"m": 0.9, "source": "ema", "seed": 0, "inherit": True}
+    assert entry["pim"] == {"m": 0.9, "source": "ema", "seed": 0, "inherit": True, "split": 0.5,
+                            "depth_init": "copy"}  # the CLI's defaults, PIM's
     assert entry["layout"] == {"tp": 1, "pp": 1}
     assert client["run_config"]["model"] == arch.to_dict()
     init, m = fresh_init(arch, 0), 0.9  # PIM from the EMA: inherited tensors are exactly the stated blend
@@ -47,6 +48,21 @@ def test_grown_checkpoint_contents(grown, source_run):
         blend = m * src_client["ema"]["shadow"][name] + (1 - m) * init[name]
         assert torch.equal(load_parameter(tag_dir, name)["fp32"], blend), name
         assert torch.equal(client["ema"]["shadow"][name], blend), name
+    ema = src_client["ema"]["shadow"]
+    for new, old in ((1, 0), (3, 1)):  # vision 2 -> 4 blocks, depth_init copy: blocks 1 and 3 stack 0 and 1
+        for suffix in ("ln_1.weight", "attn.in_proj_weight", "mlp.c_fc.bias", "attn.out_proj.weight",
+                       "mlp.c_proj.bias"):
+            name, copied = f"visual.transformer.resblocks.{new}.{suffix}", f"visual.transformer.resblocks.{old}."
+            zero = suffix.startswith(("attn.out_proj", "mlp.c_proj"))  # the residual outputs: no source
+            blend = m * (0 if zero else ema[copied + suffix]) + (1 - m) * init[name]
+            grown_param = load_parameter(tag_dir, name)
+            assert torch.equal(grown_param["fp32"], blend) and torch.equal(client["ema"]["shadow"][name], blend)
+            prev = load_parameter(tag_dir, f"visual.transformer.resblocks.{new - 1}.{suffix}")
+            for state in ("exp_avg", "exp_avg_sq"):  # the copy's moments are its predecessor's; zero if no source
+                assert torch.equal(grown_param[state], torch.zeros_like(prev[state]) if zero else prev[state])
+    w = ema["text_projection"]  # text width x2 at split 0.5: the two copies of a channel are read 0.25 and 0.75
+    blend = m * torch.cat([w * 0.25, w * 0.75]) + (1 - m) * init["text_projection"]
+    assert torch.equal(load_parameter(tag_dir, "text_projection")["fp32"], blend)
     with torch.device("meta"):
         model = CLIP(arch)
     shapes = {n: p.shape for n, p in model.named_parameters()}

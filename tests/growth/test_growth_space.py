@@ -16,6 +16,16 @@ def test_move_parses_and_prints():
         "vision.layers+=2,text.width*=2,shared.layers=1"
 
 
+def test_depth_can_be_multiplied():
+    """`layers*=2` stacks a tower (growth/operators.py stacked: each block doubled in place)."""
+    src = tiny_arch()
+    dst = Moves.parse("vision.layers*=2,text.layers*=2").apply(src)
+    assert (dst.vision.layers, dst.text.layers) == (4, 4) and check_growth(src, dst) == []
+    assert str(Moves.parse("text.layers*=2")) == "text.layers*=2"
+    shared = tiny_arch(shared_layers=1)
+    assert Moves.parse("shared.layers*=3").apply(shared).shared.layers == 3
+
+
 def test_compound_move_applies_in_order():
     src = tiny_arch()
     dst = Moves.parse("vision.layers+=2,text.width*=2,text.mlp_ratio=6,shared.layers=1,shared.width=64").apply(src)

@@ -3,8 +3,12 @@ inherited coordinate, the step the source takes on the same batch (depth, heads,
 new coordinates start with zero moments. In-process, with torch.optim.AdamW holding exp_avg/exp_avg_sq/step as
 DeepSpeed's universal loading sets them; tests/growth/test_grow_checkpoint.py checks that DeepSpeed loads them.
 
-Width moves are not step-exact and are not in this list: a duplicated (fan-in halved) coordinate receives the full
-gradient, which Adam normalises per coordinate. test_duplicated_channels_carry_scaled_moments checks their state.
+Width moves are not step-exact and are not in this list: a duplicated (fan-in shared) coordinate receives the full
+gradient, which Adam normalises per coordinate. test_duplicated_channels_carry_scaled_moments checks their state,
+for plain tiling and for the symmetry split (tests/growth/test_symmetry.py: every copy's own share). The moves here
+duplicate nothing, so the split leaves them as they were; they run with it (the PIM default). Depth moves run with
+fresh blocks: a copied block (depth_init "copy") gets no gradient at first (its residual outputs are zero) while its
+source block does, so it is not step-exact by design (test_symmetry.py checks its state).
 """
 import pytest
 import torch
@@ -40,7 +44,7 @@ def trained_source(arch, steps=3):
     return model, opt
 
 
-def grow_with_optimizer(src_arch, move):
+def grow_with_optimizer(src_arch, move, split=0.5, depth_init="fresh"):
     """The grown model and an AdamW loaded with the grown universal state (fp32, moments, step)."""
     dst_arch = Moves.parse(move).apply(src_arch)
     model, opt = trained_source(src_arch)
@@ -49,7 +53,7 @@ def grow_with_optimizer(src_arch, move):
     avg = {n: opt.state[p]["exp_avg"].clone() for n, p in params.items()}
     avg_sq = {n: opt.state[p]["exp_avg_sq"].clone() for n, p in params.items()}
     step = opt.state[params["logit_scale"]]["step"].clone()
-    plan, init = plan_growth(src_arch, dst_arch), fresh_init(dst_arch, 0)
+    plan, init = plan_growth(src_arch, dst_arch, split=split, depth_init=depth_init), fresh_init(dst_arch, 0)
     grown = {n: grow_parameter(t, source_of(t, fp32), source_of(t, avg), source_of(t, avg_sq), init[n], PIM(1.0))
              for n, t in plan.items()}
     dst = load(dst_arch, {n: g["fp32"] for n, g in grown.items()})
@@ -107,16 +111,21 @@ def test_heads_move_new_heads_start_at_zero():
         assert torch.equal(qkv[:, :inner // 2].reshape(-1, width), src_qkv["exp_avg"])
 
 
-def test_duplicated_channels_carry_scaled_moments():
-    """Width x2: exp_avg follows the weight's scale s (1/2 on fan-in copies), exp_avg_sq s²."""
-    src, opt, dst, dst_opt, plan, grown = grow_with_optimizer(tiny_arch(), "text.width*=2")
+@pytest.mark.parametrize("split, first, second", [(0.0, 0.5, 0.5), (0.5, 0.25, 0.75)])
+def test_duplicated_channels_carry_scaled_moments(split, first, second):
+    """Width x2: exp_avg follows the weight's scale s (on fan-in copies each copy's share: 1/2 and 1/2 for plain
+    tiling, 0.25 and 0.75 at split 0.5), exp_avg_sq s²; fan-out copies (rows) keep the source's."""
+    src, opt, dst, dst_opt, plan, grown = grow_with_optimizer(tiny_arch(), "text.width*=2", split=split)
     name = "transformer.resblocks.0.mlp.c_fc.weight"  # [hidden, width]: rows and columns duplicated
     src_param = dict(src.named_parameters())[name]
     avg, avg_sq = opt.state[src_param]["exp_avg"], opt.state[src_param]["exp_avg_sq"]
     rows, cols = avg.shape
-    assert torch.equal(grown[name]["exp_avg"][:rows, :cols], avg / 2)
-    assert torch.equal(grown[name]["exp_avg"][rows:, cols:], avg / 2)
-    assert torch.equal(grown[name]["exp_avg_sq"][:rows, cols:], avg_sq / 4)
+    assert torch.equal(grown[name]["exp_avg"][:rows, :cols], avg * first)
+    assert torch.equal(grown[name]["exp_avg"][rows:, :cols], avg * first)
+    assert torch.equal(grown[name]["exp_avg"][rows:, cols:], avg * second)
+    assert torch.equal(grown[name]["exp_avg_sq"][:rows, :cols], avg_sq * (first * first))
+    assert torch.equal(grown[name]["exp_avg_sq"][:rows, cols:], avg_sq * (second * second))
+    assert torch.equal(grown[name]["fp32"][:rows, cols:], src_param.detach() * second)
 
 
 def test_reset_moments():

@@ -57,7 +57,25 @@ def test_configured_source_is_inherited(source):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"m": 0.0}, "in \\(0, 1\\]"), ({"m": 1.5}, "in \\(0, 1\\]"),
-                                             ({"source": "best"}, "'ema' or 'last'")])
+                                             ({"source": "best"}, "'ema' or 'last'"),
+                                             ({"split": 1.0}, "PIM split must be a number in \\[0, 1\\)"),
+                                             ({"split": -0.5}, "PIM split"), ({"split": "0.5"}, "PIM split"),
+                                             ({"split": True}, "PIM split"),
+                                             ({"depth_init": "stack"}, "PIM depth_init must be one of copy, fresh")])
 def test_bad_pim_settings(kwargs, message):
     with pytest.raises(GrowthError, match=message):
         PIM(**kwargs)
+
+
+def test_split_and_depth_init_defaults_and_record():
+    """Symmetry breaking and stacking are on by default and recorded with the rest of PIM (the growth history
+    holds PIM.to_dict()); the CLI's flags default to them and pass them through."""
+    from growth.grow import parse_args
+    assert (PIM().split, PIM().depth_init) == (0.5, "copy")
+    assert PIM(split=0, depth_init="fresh").to_dict() == {"m": 1.0, "source": "ema", "seed": 0, "inherit": True,
+                                                         "split": 0, "depth_init": "fresh"}
+    base = ["--from", "ckpt", "--move", "vision.layers*=2", "--out", "new"]
+    args = parse_args(base)
+    assert (args.split, args.depth_init) == (0.5, "copy")
+    args = parse_args([*base, "--split", "0", "--depth-init", "fresh"])
+    assert (args.split, args.depth_init) == (0.0, "fresh")
