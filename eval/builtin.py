@@ -1,8 +1,13 @@
 """Built-in evaluation data, all offline (see shared/docs/data-sources.md): Fashion-MNIST and MNIST test sets,
 the foolbox 20-sample sets of CIFAR-10, CIFAR-100 and ImageNet, and the held-out OpenClipArt split.
 
-Class names and templates are CLIP_benchmark's where it has them (en_classnames.json,
-en_zeroshot_classification_templates.json), so our numbers mean what theirs mean.
+Class names are CLIP_benchmark's where it has them (en_classnames.json), so our numbers mean what theirs mean.
+Prompts: a set the model trains on (Fashion-MNIST, MNIST) is prompted from its own caption distribution, the
+templates of its training captions (pretrain/data/sources); the out-of-domain sets (foolbox samples) with
+CLIP_benchmark's templates (en_zeroshot_classification_templates.json). Where CLIP_benchmark has a template for
+an in-domain set (MNIST's 'a photo of the number: "{c}".', which no training caption resembles), it is scored
+beside the in-domain prompts as the "transfer" prompt set: metrics transfer_acc1, transfer_acc5,
+transfer_mean_per_class_recall, transfer to standard prompts.
 """
 from __future__ import annotations
 
@@ -24,10 +29,19 @@ from pretrain.data.sources import openclipart
 
 from .data import Classification, EvalDataError, LinearProbe, Retrieval, TaskUnavailable, captioned_images
 
-# Fashion-MNIST is not in CLIP_benchmark: a few generic CLIP-style prompts (training captions use their own,
-# larger set).
+
+def caption_prompts(templates: list[str]) -> list[str]:
+    """Training caption templates ("a handwritten {}.") as zero-shot prompts ("a handwritten {c}.")."""
+    return [t.replace("{}", "{c}") for t in templates]
+
+
+# Fashion-MNIST is not in CLIP_benchmark: five generic CLIP-style prompts, each one of the training captions'
+# templates (tests/eval check it), kept at five so that results stay comparable with earlier runs.
 FASHION_TEMPLATES = ["a photo of a {c}.", "a black and white photo of a {c}.", "a low resolution photo of a {c}.",
                      "a photo of the {c}.", "a blurry photo of a {c}."]
+# MNIST: every template of its training captions, with CLIP_benchmark's class names "0".."9" (one of each
+# digit's caption synonyms); CLIP_benchmark's own template is the transfer set.
+MNIST_TEMPLATES = caption_prompts(mnist_source.TEMPLATES)
 
 # torchvision's CIFAR names (CLIP_benchmark passes them unchanged) with "_" written as " ", as CLIP's lists do.
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -58,7 +72,9 @@ def fashion_mnist(split: str = "test", root: Path = fmnist.DEFAULT_ROOT) -> Clas
         raise TaskUnavailable(f"{root} not found; run scripts/fetch_data.sh DATA fashion_mnist")
     images, labels = fmnist.load_split(split, root)
     return Classification("fashion_mnist", list(images), labels.tolist(), fmnist.CLASSNAMES, FASHION_TEMPLATES,
-                          info={"split": split, "source": str(root)})
+                          info={"split": split, "source": str(root),
+                                "prompts": f"training captions ({len(FASHION_TEMPLATES)} of the templates of "
+                                           f"pretrain/data/sources/fashion_mnist.py)"})
 
 
 def mnist(data_dir: Path, split: str = "test") -> Classification:
@@ -66,9 +82,14 @@ def mnist(data_dir: Path, split: str = "test") -> Classification:
     if not path.is_file():
         raise TaskUnavailable(f"{path} not found; run scripts/fetch_data.sh {data_dir} mnist")
     images, labels = mnist_source.load_split(split, path)
+    standard = clip_benchmark_json("en_zeroshot_classification_templates.json")["mnist"]
     return Classification("mnist", list(images), labels.tolist(), clip_benchmark_json("en_classnames.json")["mnist"],
-                          clip_benchmark_json("en_zeroshot_classification_templates.json")["mnist"],
-                          info={"split": split, "source": str(path)})
+                          MNIST_TEMPLATES, prompt_sets={"transfer": standard},
+                          info={"split": split, "source": str(path),
+                                "prompts": f"training captions (the {len(MNIST_TEMPLATES)} templates of "
+                                           f"pretrain/data/sources/mnist.py)",
+                                "transfer_prompts": f"CLIP_benchmark's ({len(standard)}: "
+                                                    f"en_zeroshot_classification_templates.json mnist)"})
 
 
 def linear_probe(name: str, data_dir: Path) -> LinearProbe:

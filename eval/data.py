@@ -44,6 +44,9 @@ class Classification:
     templates: list[str]
     skipped: Counter = field(default_factory=Counter)  # items dropped while reading (decode failures come later)
     info: dict = field(default_factory=dict)  # recorded in the result (split, source, ...)
+    # more prompt sets scored on the same image embeddings, each under its own metric keys: {"transfer": [...]}
+    # gives transfer_acc1, transfer_acc5, transfer_mean_per_class_recall
+    prompt_sets: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

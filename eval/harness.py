@@ -76,4 +76,6 @@ def summary(record: dict) -> str:
     p = "lp_" if record["task"] == LINEAR_PROBE else ""
     line = (f"{head} {'linear probe' if p else 'zero-shot'}: top-1 {100 * m[p + 'acc1']:.2f}%  "
             f"top-5 {100 * m[p + 'acc5']:.2f}%  mean per-class recall {100 * m[p + 'mean_per_class_recall']:.2f}%")
+    if "transfer_acc1" in m:  # the same images with CLIP_benchmark's prompts instead of the training captions'
+        line += f"; CLIP_benchmark prompts (transfer): top-1 {100 * m['transfer_acc1']:.2f}%"
     return line + (f"  (C={m['C']:.3g}, val top-1 {100 * m['val_acc1']:.2f}%)" if p else "")

@@ -2,7 +2,9 @@
 
 Each class embedding is the mean of the L2-normalised embeddings of its prompts (templates with {c} filled
 in), normalised again. Logits are 100 x cosine. Metrics: top-1 and top-5 accuracy (top-5 is NaN below five
-classes) and mean per-class recall (scikit-learn's balanced accuracy over the classes present).
+classes) and mean per-class recall (scikit-learn's balanced accuracy over the classes present). A data set's
+further prompt sets (`Classification.prompt_sets`, e.g. MNIST's "transfer": CLIP_benchmark's prompt beside the
+training captions' templates) are scored on the same image embeddings, their keys prefixed with the set's label.
 """
 from __future__ import annotations
 
@@ -49,17 +51,24 @@ def metrics(logits: torch.Tensor, target: torch.Tensor, n_classes: int, prefix: 
 @torch.no_grad()
 def evaluate(model, tokenizer, transform, data: Classification, batch_size: int = 256, amp: bool = False,
              rank: int = 0, world: int = 1, workers: int = 0, progress: bool = True):
-    """(metrics, images used, skipped images by reason); metrics only on rank 0 (None elsewhere)."""
-    clf = classifier(model, tokenizer, data.classnames, data.templates, amp, rank, world, progress)
+    """(metrics, images used, skipped images by reason); metrics only on rank 0 (None elsewhere). The metrics of
+    `data.templates` have CLIP_benchmark's keys; those of each further prompt set LABEL are LABEL_acc1, ..."""
+    sets = {"": data.templates, **data.prompt_sets}
+    clfs = [classifier(model, tokenizer, data.classnames, templates, amp, rank, world, progress)
+            for templates in sets.values()]
     param = next(model.parameters())
 
-    def logits(x: torch.Tensor, _) -> torch.Tensor:
+    def logits(x: torch.Tensor, _) -> torch.Tensor:  # each set's logits side by side: [batch, sets x classes]
         with torch.autocast(param.device.type, enabled=amp):
             feats = F.normalize(model.encode_image(x.to(param.device, param.dtype)), dim=-1)
-            return (100.0 * feats @ clf).float().cpu()
+            return torch.cat([(100.0 * feats @ clf).float().cpu() for clf in clfs], dim=1)
 
     kept, skipped = map_images(data.images, transform, logits, batch_size, rank, world, data.name, workers, progress)
     if rank != 0:
         return None, 0, skipped
     target = torch.tensor([data.labels[i] for indices, _ in kept for i in indices])
-    return metrics(torch.cat([out for _, out in kept]), target, len(data.classnames)), len(target), skipped
+    out, n = torch.cat([out for _, out in kept]), len(data.classnames)
+    results = {}
+    for j, label in enumerate(sets):
+        results.update(metrics(out[:, j * n:(j + 1) * n], target, n, f"{label}_" if label else ""))
+    return results, len(target), skipped
