@@ -2,9 +2,9 @@
 the grown data D_t (carrying its optimizer state), score it on a held-out slice of D_t, and rank.
 
 - **Data.** One deterministic stream over D_t (seed `seed`; each batch is drawn from 8 disjoint shard streams,
-  no workers): its first K batches proxy-train every candidate, the next H batches are the held-out slice.
-  They are disjoint as long as (K + H)·batch <= |D_t| (the search refuses otherwise). Every candidate sees the
-  same batches.
+  no workers): its first K batches are the first proxy stream, the next H batches the held-out slice, the next
+  K the second proxy stream. They are disjoint as long as (2K + H)·batch <= |D_t| (the search refuses
+  otherwise). Every candidate sees the same batches.
 - **Proxy training.** A single-device CLIP(target), weights and Adam moments grown from the source by the
   growth operators and PIM (exactly what `grow_checkpoint` writes), torch AdamW with the run's betas, eps and
   weight decay, at the run's learning rate at the growth step, held constant; the Adam step counter continues.
@@ -13,15 +13,15 @@ the grown data D_t (carrying its optimizer state), score it on a held-out slice 
   to 0, because the candidates trained are those closest to the compute target (`target_ratio`,
   growth/candidates.py `select`) and the decision against not growing is guarded by the noise rule below.
 - **"No growth" is a candidate.** The unchanged architecture is proxy-trained and scored like the others (the
-  reference row), and a second time on K other batches of the same stream (the replicate row). The **noise** of
-  the proxy is measured every search: `sqrt(d_rep² + se²)`, where d_rep is the held-out difference between the
-  reference and its replicate (the same candidate on different proxy batches) and se the standard error of the
-  best candidate's per-batch held-out loss minus the reference's (paired over the H held-out batches). The best
-  candidate wins only when it beats the reference's score by more than `noise_margin`·noise; otherwise the run
-  keeps its architecture ("kept": the reference is the winner) and trains on. Noise and margin are recorded.
-  `always_grow` (growth.always_grow) lets the best candidate win regardless, as the search before 2026-12 did.
-- **Compute.** Every row costs gflops·proxy_batch·(3·K + H) GFLOPs (forward and backward on the proxy batches,
-  forward on the held-out ones); their sum is `search_gflop`, recorded with the decision, so that a run counts
+  reference row). Every row is trained twice from the same grown start, on two disjoint streams of K proxy
+  batches, and scored on the mean of its two held-out losses. The **noise** of the proxy is measured at every
+  search, on the lead of the best candidate over the reference: the standard error of the mean of its two
+  paired differences (one per stream: the same comparison on other proxy batches), combined with the standard
+  error of the per-batch held-out differences. The best candidate wins only when it beats the reference's score
+  by more than `noise_margin`·noise; otherwise the run keeps its architecture ("kept": the reference is the
+  winner) and trains on. Noise and margin are recorded.
+- **Compute.** Every row costs 2·gflops·proxy_batch·(3·K + H) GFLOPs (per stream, forward and backward on the
+  proxy batches, forward on the held-out ones); their sum is `search_gflop`, recorded with the decision, so that a run counts
   every search in its compute (growth/auto.py adds the share of the run).
 - **Parallel.** Candidate i runs on rank i mod world; the records are gathered on every rank. Each candidate
   is computed the same way at any world size (same data, same seeds, one intra-op thread), so the ranking,
@@ -81,13 +81,12 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class Hyper:
-    """The run's optimizer settings at the growth step. A grown candidate's k-th proxy step runs at
-    k / (r + 1) of `lr` while k <= r, as the run re-warms after a growth (pretrain/schedule.py), with r the run's
-    growth.rewarm_steps compressed to at most a quarter of the K proxy steps; the unchanged model trains at `lr`,
-    as the run would without growing. Every row then cools down: its lr decays linearly to 0 over the last
-    `cooldown`·K steps, so the held-out loss is read off a settled model, not one oscillating at the peak lr (on
-    the demo's step-200 save, the reference and its replicate differed by 0.064 held-out loss at a constant lr
-    and by 0.016 with the cool-down: docs/design.md, "The growth search")."""
+    """The run's optimizer settings at the growth step. Every row, the unchanged model's included, follows the
+    same lr path over its K proxy steps: the k-th step runs at k / (r + 1) of `lr` while k <= r (the run's
+    re-warm after a growth, pretrain/schedule.py, with r = growth.rewarm_steps compressed to at most K/4), then
+    the lr decays linearly to 0 over the last `cooldown`·K steps, so that the held-out loss is read off a settled
+    model, not one oscillating at the peak lr. The same path for all compares the architectures, not the lr
+    they got (docs/design.md, "Data-aware growth", has the measurements behind both choices)."""
     lr: float
     betas: tuple = (0.9, 0.98)
     eps: float = 1e-6
@@ -101,10 +100,10 @@ class Hyper:
         return cls(lr_at(train, step), tuple(train.get("betas", (0.9, 0.98))), float(train.get("eps", 1e-6)),
                    float(train.get("weight_decay", 0.2)), int((run.get("growth") or {}).get("rewarm_steps", 0)))
 
-    def lr_of(self, k: int, grown: bool, steps: int, cooldown: float) -> float:
-        """The lr of proxy step k (1-based) of `steps`: the re-warm of a grown candidate, then the cool-down."""
+    def lr_of(self, k: int, steps: int, cooldown: float) -> float:
+        """The lr of proxy step k (1-based) of `steps`: the re-warm, then the cool-down (every row alike)."""
         rewarm = min(self.rewarm, steps // 4)  # the run's re-warm, compressed to at most a quarter of the proxy
-        ramp = k / (rewarm + 1) if grown and k <= rewarm else 1.0
+        ramp = k / (rewarm + 1) if k <= rewarm else 1.0
         tail = max(1, round(cooldown * steps)) if cooldown > 0 else 0
         return self.lr * ramp * (min(1.0, (steps - k + 1) / (tail + 1)) if tail else 1.0)
 
@@ -131,8 +130,8 @@ class Source:
 
 
 def proxy_data(shards: list[str], tokenizer: Tokenizer, image_size: int, cfg: SearchConfig, samples: int):
-    """(train batches, held-out batches, replicate batches): consecutive batches of one seeded stream over D_t,
-    K, H and K of them. Each batch joins the next rows of MIX disjoint streams (the loader's own split of the
+    """(first proxy stream, held-out batches, second proxy stream): consecutive batches of one seeded stream over
+    D_t, K, H and K of them. Each batch joins the next rows of MIX disjoint streams (the loader's own split of the
     shards), so that it holds samples of several shards, old and new, not the first shard or two of one
     sequential reader."""
     need = needed_samples(cfg)
@@ -153,7 +152,7 @@ def proxy_data(shards: list[str], tokenizer: Tokenizer, image_size: int, cfg: Se
 
 
 def needed_samples(cfg: SearchConfig) -> int:
-    """Distinct samples a search reads: K proxy, H held-out and K replicate batches."""
+    """Distinct samples a search reads: two streams of K proxy batches and H held-out batches."""
     return (2 * cfg.proxy_steps + cfg.heldout_batches) * cfg.proxy_batch
 
 
@@ -184,25 +183,21 @@ def _loss(model: CLIP, batch, device) -> torch.Tensor:
     return clip_loss_torch(image.float(), text.float(), image.float(), text.float(), scale.float())
 
 
-def evaluate_candidate(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, train, heldout, cfg: SearchConfig,
+def evaluate_candidate(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, streams, heldout, cfg: SearchConfig,
                        tokenizer: Tokenizer, device) -> dict:
-    """Proxy-train one candidate and measure it: proxy and held-out loss, optional eval metric."""
-    model, opt = grown_model(src, dst, pim, hyper, device)
-    model.train()
-    losses = []
-    for k, batch in enumerate(train, 1):
-        for group in opt.param_groups:
-            group["lr"] = hyper.lr_of(k, dst != src.arch, len(train), cfg.cooldown)
-        loss = _loss(model, batch, device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        held = [_loss(model, b, device).item() for b in heldout]
-    out = {"proxy_loss": losses[-1] if losses else None, "proxy_first": losses[0] if losses else None,
-           "heldout_loss": sum(held) / max(len(held), 1), "heldout_losses": held}
+    """Proxy-train one candidate on each stream of proxy batches (from the same grown start) and measure it: the
+    proxy and held-out loss averaged over the streams, each stream's held-out loss, the per-batch held-out
+    losses averaged over the streams; the optional eval metric (of the last stream's model)."""
+    runs = [_proxy_train(src, dst, pim, hyper, train, heldout, cfg, device) for train in streams]
+    model = runs[-1].pop("model")
+    for r in runs[:-1]:
+        r.pop("model")
+    out = {"proxy_loss": sum(r["proxy_loss"] for r in runs) / len(runs),
+           "proxy_first": runs[0]["proxy_first"],
+           "heldout_loss": sum(r["heldout_loss"] for r in runs) / len(runs),
+           "heldout_by_stream": [r["heldout_loss"] for r in runs],
+           "heldout_losses": [sum(v) / len(v) for v in zip(*(r["heldout_losses"] for r in runs))],
+           "streams": len(runs)}
     if cfg.eval_task:
         from eval import intrain
         from pretrain.data.transforms import eval_transform
@@ -212,6 +207,26 @@ def evaluate_candidate(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, t
         out["eval"] = results
         out["eval_top1"] = sum(top1) / len(top1) if top1 else None
     return out
+
+
+def _proxy_train(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, train, heldout, cfg: SearchConfig,
+                 device) -> dict:
+    model, opt = grown_model(src, dst, pim, hyper, device)
+    model.train()
+    losses = []
+    for k, batch in enumerate(train, 1):
+        for group in opt.param_groups:
+            group["lr"] = hyper.lr_of(k, len(train), cfg.cooldown)
+        loss = _loss(model, batch, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        held = [_loss(model, b, device).item() for b in heldout]
+    return {"model": model, "proxy_loss": losses[-1] if losses else None, "proxy_first": losses[0] if losses else None,
+            "heldout_loss": sum(held) / max(len(held), 1), "heldout_losses": held}
 
 
 def reference_samples(client: dict) -> int | None:
@@ -231,32 +246,32 @@ def score(result: dict, gflops: float, base_gflops: float, cfg: SearchConfig) ->
     return s
 
 
-def noise_of(best: dict, reference: dict, replicate: dict) -> float:
-    """The proxy's measured noise: the same candidate on other proxy batches (reference against its replicate)
-    combined with the held-out sampling error of the paired difference best - reference."""
-    rep = reference["heldout_loss"] - replicate["heldout_loss"]
+def noise_of(best: dict, reference: dict) -> float:
+    """The proxy's measured noise on the lead of `best` over no growth: the standard error of the mean of the two
+    streams' paired differences (the same comparison on other proxy batches), combined with the standard error of
+    the per-batch held-out differences."""
+    d = [b - r for b, r in zip(best["heldout_by_stream"], reference["heldout_by_stream"])]
+    rep = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
     diffs = [b - r for b, r in zip(best["heldout_losses"], reference["heldout_losses"])]
-    se = (statistics.stdev(diffs) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
     return math.sqrt(rep * rep + se * se)
 
 
 def cost_gflop(row: dict) -> float:
-    """GFLOPs one proxy-trained row cost: forward and backward on K batches, forward on H."""
-    return row["gflops"] * row["proxy_batch"] * (3 * row["proxy_steps"] + row["heldout_batches"])
+    """GFLOPs one proxy-trained row cost: per stream, forward and backward on K batches, forward on H."""
+    return row["gflops"] * row["proxy_batch"] * (3 * row["proxy_steps"] + row["heldout_batches"]) * row["streams"]
 
 
 def decide(records: list[dict], cfg: SearchConfig) -> dict:
     """Rank the candidates, measure the noise, and let "no growth" win unless the best candidate beats it by
     more than noise_margin x noise. Marks place and winner on the records; returns the decision."""
-    reference = next(r for r in records if r["role"] == "reference")
-    replicate = next(r for r in records if r["role"] == "replicate")
-    ranked = sorted((r for r in records if r["role"] == "candidate"), key=lambda r: (r["score"], r["index"]))
+    reference = next(r for r in records if r["reference"])
+    ranked = sorted((r for r in records if not r["reference"]), key=lambda r: (r["score"], r["index"]))
     for place, r in enumerate(ranked, 1):
         r["place"], r["winner"] = place, False
-    for r in (reference, replicate):
-        r["place"], r["winner"] = None, False
+    reference["place"], reference["winner"] = None, False
     best = ranked[0] if ranked else None
-    noise = noise_of(best, reference, replicate) if best else None
+    noise = noise_of(best, reference) if best else None
     margin = reference["score"] - best["score"] if best else None
     grow = best is not None and (cfg.always_grow or margin > cfg.noise_margin * noise)
     (best if grow else reference)["winner"] = True
@@ -269,7 +284,7 @@ def decide(records: list[dict], cfg: SearchConfig) -> dict:
 def search(src: Source, shards: list[str], samples: int, g: float, budget: Budget, layout, pim: PIM, hyper: Hyper,
            cfg: SearchConfig, tokenizer: Tokenizer, echo=print) -> dict:
     """Collective when torch.distributed is initialised (every rank calls it with the same arguments).
-    Returns {"records": ranked candidate records, then the reference and replicate rows, "rejected": [...],
+    Returns {"records": ranked candidate records, then the reference row, "rejected": [...],
     "winner": the winning candidate's record, or None when no growth won (or none was admitted), "decision":
     see `decide`}."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -281,31 +296,30 @@ def search(src: Source, shards: list[str], samples: int, g: float, budget: Budge
     base = src.arch.flops_per_sample() / 1e9
     unchanged = Candidate("", "reference", src.arch, base, parameter_counts(src.arch)["total"], 0.0, layout.tp,
                           layout.pp)
-    train, heldout, replicate = proxy_data(shards, tokenizer, src.arch.vision.image_size, cfg, samples)
-    jobs = [(unchanged, "reference", train)] + [(c, "candidate", train) for c in chosen] + [
-        (unchanged, "replicate", replicate)]
+    first, heldout, second = proxy_data(shards, tokenizer, src.arch.vision.image_size, cfg, samples)
+    jobs = [unchanged] + chosen
     echo(f"[search] g={g:.3f}: {len(kept)} candidates within the budget, {len(rejected) - len(kept) + len(chosen)} "
-         f"rejected; proxy-training {len(chosen)} (closest to {cfg.target_ratio:g}x FLOPs) + no growth twice on "
-         f"{world} rank(s), {cfg.proxy_steps} steps each")
+         f"rejected; proxy-training {len(chosen)} (closest to {cfg.target_ratio:g}x FLOPs) + no growth on "
+         f"{world} rank(s), {cfg.proxy_steps} steps on each of 2 batch streams")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic at every world size
     mine, backend = [], get_backend()
     set_backend("torch")  # the torch attention everywhere: the same arithmetic in the run and offline
     try:
-        for index, (cand, role, batches) in enumerate(jobs):
+        for index, cand in enumerate(jobs):
             if index % world != rank:
                 continue
             t0 = time.time()
             try:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(cfg.seed)
-                    result = evaluate_candidate(src, cand.arch, pim, hyper, batches, heldout, cfg, tokenizer,
-                                                device)
+                    result = evaluate_candidate(src, cand.arch, pim, hyper, (first, second), heldout, cfg,
+                                                tokenizer, device)
             except Exception as e:  # noqa: BLE001 - gathered, then raised on every rank alike
                 mine.append({"index": index, "move": cand.moves, "error": f"{e.__class__.__name__}: {e}"})
                 continue
-            mine.append({"index": index, **cand.record(), **result, "role": role,
-                         "score": score(result, cand.gflops, base, cfg), "reference": role == "reference",
+            mine.append({"index": index, **cand.record(), **result,
+                         "score": score(result, cand.gflops, base, cfg), "reference": index == 0,
                          "search_rank": rank, "seconds": round(time.time() - t0, 3), "proxy_steps": cfg.proxy_steps,
                          "proxy_batch": cfg.proxy_batch, "heldout_batches": cfg.heldout_batches})
     finally:
@@ -321,9 +335,9 @@ def search(src: Source, shards: list[str], samples: int, g: float, budget: Budge
         raise GrowthError("the search failed on " + "; ".join(f"candidate {r['move'] or '(no growth)'}: "
                                                              f"{r['error']}" for r in failed))
     decision = decide(records, cfg)
-    ranked = sorted((r for r in records if r["role"] == "candidate"), key=lambda r: r["place"])
+    ranked = sorted((r for r in records if not r["reference"]), key=lambda r: r["place"])
     winner = next((r for r in ranked if r["winner"]), None)
-    return {"records": ranked + [r for r in records if r["role"] != "candidate"], "rejected": rejected,
+    return {"records": ranked + [r for r in records if r["reference"]], "rejected": rejected,
             "winner": winner, "decision": decision, "g": g, "data_samples": samples, "config": cfg.to_dict(),
             "budget": budget.to_dict()}
 
@@ -348,7 +362,7 @@ def table(result: dict) -> str:
     lines = ["| # | move | GFLOPs | params | (tp,pp) | proxy loss | held-out loss | score | s |",
              "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in result["records"]:
-        place = r["place"] or {"reference": "ref", "replicate": "rep"}[r["role"]]
+        place = r["place"] or "ref"
         lines.append(f"| {place} | {r['move'] or '(no growth)'} | {r['gflops']:.4g} | "
                      f"{r['params']:,} | ({r['tp']},{r['pp']}) | {r['proxy_loss']:.4f} | {r['heldout_loss']:.4f} | "
                      f"{r['score']:.4f} | {r['seconds']:.1f} |")

@@ -73,7 +73,7 @@ def test_the_run_grows_by_itself_at_the_stage_boundary(auto_run):
     assert len({m[s]["params"] for s in range(BOUNDARY + 1, STEPS + 1)}) == 1  # once
     trained, _ = records(auto_run / "growth" / f"search-step{BOUNDARY}.jsonl")
     winner = next(r for r in trained if r["winner"])
-    assert winner["role"] == "candidate"
+    assert not winner["reference"]
     summary = decision(auto_run / "growth" / f"search-step{BOUNDARY}.jsonl")
     assert not summary["kept"] and summary["winner"] == winner["move"] and summary["margin"] > summary["noise"]
     assert 0 < summary["share"] <= 0.05, summary  # the search's share of the run's training compute
@@ -98,12 +98,12 @@ def test_first_loss_after_the_growth_is_the_grown_models_loss(auto_run):
 @pytest.mark.slow
 def test_the_search_record_holds_every_candidate(auto_run):
     trained, rejected = records(auto_run / "growth" / f"search-step{BOUNDARY}.jsonl")
-    assert len(trained) == 5 and sum(r["reference"] for r in trained) == 1  # 3 candidates + no growth, twice
-    assert sorted(r["role"] for r in trained) == ["candidate"] * 3 + ["reference", "replicate"]
+    assert len(trained) == 4 and sum(r["reference"] for r in trained) == 1  # 3 candidates + no growth
+    assert all(r["streams"] == 2 and len(r["heldout_by_stream"]) == 2 for r in trained)
     for r in trained:
         for key in ("move", "gflops", "params", "proxy_loss", "heldout_loss", "score", "seconds", "tp", "pp"):
             assert r[key] is not None, key
-    ranked = sorted((r for r in trained if r["role"] == "candidate"), key=lambda r: r["score"])
+    ranked = sorted((r for r in trained if not r["reference"]), key=lambda r: r["score"])
     assert [r["place"] for r in ranked] == [1, 2, 3] and ranked[0]["winner"] and not any(
         r["winner"] for r in ranked[1:])
     assert {r["search_rank"] for r in trained} == {0, 1}  # both ranks proxy-trained candidates
@@ -256,7 +256,7 @@ def test_a_search_that_ranks_no_growth_first_keeps_the_architecture_and_trains_o
     assert [m[s]["data_samples"] for s in m] == [1200] * 3 + [2400] * 3
     trained, _ = records(run / "growth" / "search-step3.jsonl")
     reference = next(r for r in trained if r["reference"])
-    assert reference["winner"] and reference["score"] < min(r["score"] for r in trained if r["role"] == "candidate")
+    assert reference["winner"] and reference["score"] < min(r["score"] for r in trained if not r["reference"])
     summary = decision(run / "growth" / "search-step3.jsonl")
     assert summary["kept"] and summary["winner"] is None and summary["margin"] < 0
     assert not (run / "grown").exists()
