@@ -11,6 +11,15 @@ A text becomes [sot] + pieces + [eot], padded with 0 to context_length; a long t
 keeps eot as the final token. Texts are lower-cased and whitespace-normalised first. `train_tokenizer`'s
 vocab_size is this full vocab_size (pieces + pad + sot + eot).
 
+Reproducibility: the same texts (as a multiset: their order does not matter), vocab_size, model_type,
+max_sentences and seed give a byte-identical .model and .vocab in any process, with any PYTHONHASHSEED, thread
+environment or core count, for a given sentencepiece version. SentencePiece's own sampling
+(input_sentence_size + shuffle_input_sentence) is never used -- it gave a different model in every process --
+and its thread count is fixed (NUM_THREADS), since the count is written into the model and changes the
+unigram trainer's sums. Instead `sample_texts` sorts the normalised texts and, when there are more than
+max_sentences, keeps a random.Random(seed) subset (only random(), whose sequence for an int seed Python
+guarantees across versions).
+
     python -m pretrain.data.tokenizer --shards SPEC --wordnet /usr/share/wordnet --vocab 4096 --out DIR
 """
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import hashlib
 import io
 import os
+import random
 import re
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -31,30 +41,53 @@ from .tario import TarCorrupt, tar_members
 
 SPECIALS = 3  # pad, sot, eot
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+# SentencePiece trainer settings that must not depend on the machine. One thread: BPE uses threads only to
+# normalise the input (the full 4096 vocab trains in a few seconds either way).
+NUM_THREADS = 1
+MAX_SENTENCE_BYTES = 4192  # SentencePiece's default max_sentence_length: it skips longer sentences
+UNK_CHAR = "\u2585"  # SentencePiece skips training sentences containing its internal unk marker
 
 
 def normalize(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def sample_texts(texts: Iterable[str], max_sentences: int = 200_000, seed: int = 0) -> list[str]:
+    """The training sentences: normalised texts that SentencePiece would keep, sorted (so the result does not
+    depend on the input order); if more than max_sentences (> 0), a random.Random(seed) subset of that size,
+    still in sorted order."""
+    if max_sentences < 0:
+        raise ValueError("max_sentences must be >= 0 (0: no cap)")
+    texts = sorted(t for t in map(normalize, texts)
+                   if t and UNK_CHAR not in t and len(t.encode("utf-8")) <= MAX_SENTENCE_BYTES)
+    if not max_sentences or len(texts) <= max_sentences:
+        return texts
+    rng = random.Random(seed)
+    keys = [rng.random() for _ in texts]
+    chosen = sorted(sorted(range(len(texts)), key=keys.__getitem__)[:max_sentences])  # stable sort: ties by index
+    return [texts[i] for i in chosen]
+
+
 def train_tokenizer(texts: Iterable[str], out_prefix: str | os.PathLike, vocab_size: int, model_type: str = "bpe",
                     max_sentences: int = 200_000, seed: int = 0) -> Path:
-    """Train on (a seeded random subset of at most max_sentences of) texts; writes out_prefix.model and
-    out_prefix.vocab atomically and returns the .model path. The same inputs give a byte-identical .model
-    (hence the same sha256): the model goes through model_writer, so no output path is baked into it."""
+    """Train on `sample_texts(texts, max_sentences, seed)` (all texts when max_sentences is 0 or at least their
+    count); writes out_prefix.model and out_prefix.vocab atomically and returns the .model path. The same texts
+    (in any order) and arguments give byte-identical files in any process and on any machine (see the module
+    docstring); the model goes through model_writer, so no output path is baked into it."""
+    sentences = sample_texts(texts, max_sentences, seed)
     model = io.BytesIO()
-    spm.set_random_generator_seed(seed)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=(t for t in map(normalize, texts) if t),
+        sentence_iterator=iter(sentences),
         model_writer=model,
         vocab_size=vocab_size - SPECIALS,
         model_type=model_type,
         byte_fallback=False,
         character_coverage=1.0,  # keep every character seen: the default drops rare digits such as "7"
         unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
-        input_sentence_size=max_sentences,
-        shuffle_input_sentence=True,
-        num_threads=os.cpu_count() or 1,
+        input_sentence_size=0,  # no sampling inside SentencePiece: its sample differs from process to process
+        shuffle_input_sentence=False,
+        max_sentence_length=MAX_SENTENCE_BYTES,
+        num_threads=NUM_THREADS,  # recorded in the model; a fixed count keeps it off the machine
         minloglevel=2,
     )
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
@@ -139,7 +172,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--wordnet", default=None, help="WordNet root, e.g. /usr/share/wordnet")
     p.add_argument("--vocab", type=int, default=4096, help="full vocab size (pieces + pad + sot + eot)")
     p.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
-    p.add_argument("--max-sentences", type=int, default=200_000)
+    p.add_argument("--max-sentences", type=int, default=200_000,
+                   help="train on a seeded sample of this many texts when there are more (0: all)")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
     if not args.shards and not args.wordnet:

@@ -1,9 +1,16 @@
 import hashlib
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
+from sentencepiece import sentencepiece_model_pb2
 
-from pretrain.data.tokenizer import Tokenizer, main, train_tokenizer, wordnet_texts
+from pretrain.data.tokenizer import WORDNET_FILES, Tokenizer, main, train_tokenizer, wordnet_texts
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_id_layout(tokenizer):
@@ -42,12 +49,52 @@ def test_lowercase_and_whitespace_normalised(tokenizer):
 def test_sha256_is_the_model_file_and_training_is_deterministic(tokenizer, tmp_path):
     assert tokenizer.sha256 == hashlib.sha256(tokenizer.model_path.read_bytes()).hexdigest()
     texts = list(itertools.islice(wordnet_texts(), 3000))
-    a = Tokenizer(train_tokenizer(texts, tmp_path / "a", 300, max_sentences=2000))
-    b = Tokenizer(train_tokenizer(texts, tmp_path / "b", 300, max_sentences=2000))
+
+    def sha(name, texts=texts, vocab=300, **kw):
+        return Tokenizer(train_tokenizer(texts, tmp_path / name, vocab, **{"max_sentences": 2000, **kw})).sha256
+
+    a = sha("a")
+    assert sha("b") == a
+    assert sha("reversed", texts[::-1]) == a  # the sample depends on the texts, not on their order
+    assert sha("seed1", seed=1) != a  # 2000 of 3000: the (seeded) sample is taken
+    assert sha("all", max_sentences=3000) == sha("cap_above_count", max_sentences=10**6)  # no sampling at all
     c = Tokenizer(train_tokenizer(texts, tmp_path / "c", 320, max_sentences=2000))
-    assert a.sha256 == b.sha256
-    assert c.sha256 != a.sha256 != tokenizer.sha256
+    assert c.sha256 != a != tokenizer.sha256
     assert c.vocab_size == 320 and c.eot_id == 319
+    spec = sentencepiece_model_pb2.ModelProto.FromString(c.model_path.read_bytes()).trainer_spec
+    assert (spec.num_threads, spec.input_sentence_size, spec.shuffle_input_sentence) == (1, 0, False)
+
+
+def _small_wordnet(root: Path, lines: int = 900) -> Path:
+    """The first `lines` lines (license header included) of each WordNet data file."""
+    root.mkdir()
+    for name in WORDNET_FILES:
+        with open(Path("/usr/share/wordnet") / name, encoding="utf-8", errors="replace") as f:
+            (root / name).write_text("".join(itertools.islice(f, lines)), encoding="utf-8")
+    return root
+
+
+def test_cli_model_is_byte_identical_across_processes_and_machines(tmp_path):
+    """Two processes with different hash seeds, thread env and (patched) core counts, through the sampling path."""
+    wordnet = _small_wordnet(tmp_path / "wordnet")
+    count = sum(1 for _ in wordnet_texts(wordnet))
+    cap = count * 2 // 3
+    assert 1000 < cap < count
+    args = ["--wordnet", str(wordnet), "--vocab", "300", "--max-sentences", str(cap), "--out"]
+    runs = {
+        "a": ([sys.executable, "-m", "pretrain.data.tokenizer"], {"PYTHONHASHSEED": "1", "OMP_NUM_THREADS": "1"}),
+        # another "machine": more cores and threads, another hash seed
+        "b": ([sys.executable, "-c", "import os, sys; os.cpu_count = lambda: 7; "
+               "from pretrain.data.tokenizer import main; main(sys.argv[1:])"],
+              {"PYTHONHASHSEED": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}),
+    }
+    for name, (cmd, env) in runs.items():
+        proc = subprocess.run([*cmd, *args, str(tmp_path / name)], cwd=ROOT, env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    for suffix in ("model", "vocab"):
+        a, b = ((tmp_path / name / f"tokenizer.{suffix}").read_bytes() for name in runs)
+        assert a == b, suffix
 
 
 def test_wordnet_texts_are_glosses_and_examples():
