@@ -21,8 +21,8 @@ the grown data D_t (carrying its optimizer state), score it on a held-out slice 
   by more than `noise_margin`·noise; otherwise the run keeps its architecture ("kept": the reference is the
   winner) and trains on. Noise and margin are recorded.
 - **Compute.** Every row costs 2·gflops·proxy_batch·(3·K + H) GFLOPs (per stream, forward and backward on the
-  proxy batches, forward on the held-out ones); their sum is `search_gflop`, recorded with the decision, so that a run counts
-  every search in its compute (growth/auto.py adds the share of the run).
+  proxy batches, forward on the held-out ones); their sum is `search_gflop`, recorded with the decision, so
+  that a run counts every search in its compute (growth/auto.py adds the share of the run).
 - **Parallel.** Candidate i runs on rank i mod world; the records are gathered on every rank. Each candidate
   is computed the same way at any world size (same data, same seeds, one intra-op thread), so the ranking,
   winner and scores do not depend on the number of ranks, while the wall time falls with it.
@@ -77,6 +77,10 @@ class SearchConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def needed_samples(self) -> int:
+        """Distinct samples a search reads: two streams of K proxy batches and H held-out batches."""
+        return (2 * self.proxy_steps + self.heldout_batches) * self.proxy_batch
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def proxy_data(shards: list[str], tokenizer: Tokenizer, image_size: int, cfg: Se
     D_t, K, H and K of them. Each batch joins the next rows of MIX disjoint streams (the loader's own split of the
     shards), so that it holds samples of several shards, old and new, not the first shard or two of one
     sequential reader."""
-    need = needed_samples(cfg)
+    need = cfg.needed_samples()
     if samples and need > samples:
         raise GrowthError(f"the search needs {need} distinct samples ((2 x proxy_steps {cfg.proxy_steps} + "
                           f"heldout_batches {cfg.heldout_batches}) x proxy_batch {cfg.proxy_batch}) but the data "
@@ -150,10 +154,6 @@ def proxy_data(shards: list[str], tokenizer: Tokenizer, image_size: int, cfg: Se
         batches.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
     return batches[:k], batches[k:k + h], batches[k + h:]
 
-
-def needed_samples(cfg: SearchConfig) -> int:
-    """Distinct samples a search reads: two streams of K proxy batches and H held-out batches."""
-    return (2 * cfg.proxy_steps + cfg.heldout_batches) * cfg.proxy_batch
 
 
 def grown_model(src: Source, dst: Architecture, pim: PIM, hyper: Hyper, device) -> tuple[CLIP, torch.optim.AdamW]:

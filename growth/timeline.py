@@ -203,9 +203,9 @@ def plot(run: Path, out: Path) -> Path:
             for x, _ in c["kept"]:
                 ax.axvline(x, color="dimgrey", lw=0.9, ls=":")
             ax.grid(alpha=0.3)
-        for k, (lo, hi, size) in enumerate(c["stages"]):
-            top.text(lo, 1.0, f" stage {k + 1}: |D|={size or 0:,}", va="top", fontsize=7, color="dimgrey",
-                     transform=top.get_xaxis_transform())
+        for k, (lo, hi, size) in enumerate(c["stages"]):  # in the lr panel, a line each: close stages do not overlap
+            bottom.text(lo, 0.6 - 0.17 * k, f" stage {k + 1}: |D|={size or 0:,}", va="top", fontsize=7,
+                        color="dimgrey", transform=bottom.get_xaxis_transform())
         for lo, hi, text in c["searches"]:
             top.text((lo + hi) / 2, 0.02, text, ha="center", fontsize=7, color="tab:red",
                      transform=top.get_xaxis_transform())

@@ -37,7 +37,7 @@ from growth.candidates import Budget
 from growth.errors import GrowthError
 from growth.hook import grow_checkpoint
 from growth.pim import PIM
-from growth.search import SearchConfig, needed_samples, reference_samples
+from growth.search import SearchConfig, reference_samples
 from growth.space import check_growth, target_architecture, validate_layout
 
 from . import checkpoint as ckpt
@@ -222,7 +222,7 @@ class GrowingRun:
             if b > start and folder.exists():
                 raise ConfigError(f"data.stage_steps: {folder} exists from an earlier attempt that went past step "
                                   f"{start}; remove it, or resume that attempt")
-            need, have = needed_samples(search_of(self.cfg)), count_samples(self.stages[stage])
+            need, have = search_of(self.cfg).needed_samples(), count_samples(self.stages[stage])
             if need > have:
                 raise ConfigError(f"growth.proxy_steps/heldout_batches/proxy_batch: the search needs {need} distinct "
                                   f"samples of data.stages[{stage}], which holds {have}")
