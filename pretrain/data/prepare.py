@@ -2,11 +2,14 @@
 
     python -m pretrain.data.prepare SOURCE --out DIR [--split train] [--shard-size 2000] [--limit N]
                                     [--raw data/raw] [--input FILE] [--seed 0] [--max-pixels 50000000]
-                                    [--max-side N]
+                                    [--max-side N] [--stage N] [--image-size 32]
 
 Each sample is KEY.png (KEY.jpg when the input already is a JPEG), KEY.txt (UTF-8 caption) and KEY.json
 (metadata). Shards and manifest are written to a temp name and renamed, so a crash never leaves a half shard
 under a final name; stale shard-*.tar files from an earlier run in DIR are removed.
+
+The synthetic source draws its samples (`sources/synthetic.py`): `--split train|heldout --stage 1|2|3
+[--image-size 28|32|64] [--seed S]`; without --limit it writes its default count for the split and stage.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .manifest import write_manifest
-from .sources import registry
+from .sources import registry, synthetic
 
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 
@@ -58,7 +61,7 @@ def encode_image(image: bytes | Image.Image, max_pixels: int, max_side: int | No
 
 
 def write_shards(samples, out: Path, shard_size: int, max_pixels: int, skipped: Counter, limit: int | None = None,
-                 max_side: int | None = None):
+                 max_side: int | None = None, total: int | None = None):
     """Write samples into out/shard-NNNNNN.tar; returns [{"path", "samples"}]."""
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict] = []
@@ -70,7 +73,7 @@ def write_shards(samples, out: Path, shard_size: int, max_pixels: int, skipped: 
         os.replace(out / (name + ".tmp"), out / name)
         shards.append({"path": name, "samples": count})
 
-    with tqdm(total=limit, unit="sample", desc=f"prepare {out.name}") as bar:
+    with tqdm(total=limit if limit is not None else total, unit="sample", desc=f"prepare {out.name}") as bar:
         for sample in samples:
             if limit is not None and written >= limit:
                 break
@@ -104,7 +107,7 @@ def write_shards(samples, out: Path, shard_size: int, max_pixels: int, skipped: 
 
 
 def main(argv: list[str] | None = None) -> Path:
-    sources = registry()
+    sources = {**registry(), "synthetic": synthetic}  # sources/__init__.py's registry predates it
     p = argparse.ArgumentParser(prog="python -m pretrain.data.prepare", description=__doc__.split("\n")[0])
     p.add_argument("source", choices=sorted(sources))
     p.add_argument("--out", required=True, type=Path)
@@ -114,18 +117,39 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--raw", type=Path, default=Path("data/raw"), help="DATA_DIR/raw from scripts/fetch_data.sh")
     p.add_argument("--input", default=None, help="folder source: folder/CSV/JSONL; else overrides the default "
                    "location (fashion_mnist IDX dir, mnist.pkl.gz, openclipart share dir)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the caption templates")
+    p.add_argument("--seed", type=int, default=0, help="seed of the caption templates (synthetic: of the scenes)")
     p.add_argument("--max-pixels", type=int, default=50_000_000, help="skip images larger than this (header)")
     p.add_argument("--max-side", type=int, default=None,
                    help="downscale images whose longer side exceeds this (e.g. 512 for openclipart: fast loading)")
+    p.add_argument("--stage", type=int, default=None, help="synthetic only: grammar stage 1, 2 or 3")
+    p.add_argument("--image-size", type=int, default=None, help="synthetic only: 28, 32 (default) or 64")
     args = p.parse_args(argv)
     if args.shard_size < 1:
         p.error("--shard-size must be >= 1")
 
     module = sources[args.source]
+    options, extra, total = {}, {}, None
+    if args.source == "synthetic":
+        if args.split not in module.SPLITS:
+            p.error(f"--split must be one of {', '.join(module.SPLITS)} for synthetic, got {args.split!r}")
+        if args.stage is None:
+            p.error(f"--stage is required for synthetic: one of {', '.join(map(str, module.STAGES))}")
+        if args.stage not in module.STAGES:
+            p.error(f"--stage must be one of {', '.join(map(str, module.STAGES))}, got {args.stage}")
+        image_size = module.DEFAULT_IMAGE_SIZE if args.image_size is None else args.image_size
+        if image_size not in module.IMAGE_SIZES:
+            p.error(f"--image-size must be one of {', '.join(map(str, module.IMAGE_SIZES))}, got {image_size}")
+        options = {"stage": args.stage, "image_size": image_size, "count": args.limit}
+        extra = module.manifest_fields(args.stage, args.seed, image_size)
+        total = module.DEFAULT_SAMPLES[args.split][args.stage] if args.limit is None else args.limit
+    else:
+        for flag, value in (("--stage", args.stage), ("--image-size", args.image_size)):
+            if value is not None:
+                p.error(f"{flag} is only for the synthetic source")
     skipped: Counter = Counter()
-    samples = module.samples(args.split, raw=args.raw, input=args.input, seed=args.seed, skipped=skipped)
-    shards = write_shards(samples, args.out, args.shard_size, args.max_pixels, skipped, args.limit, args.max_side)
+    samples = module.samples(args.split, raw=args.raw, input=args.input, seed=args.seed, skipped=skipped, **options)
+    shards = write_shards(samples, args.out, args.shard_size, args.max_pixels, skipped, args.limit, args.max_side,
+                          total)
     manifest = {
         "source": args.source,
         "split": args.split,
@@ -136,6 +160,7 @@ def main(argv: list[str] | None = None) -> Path:
     }
     if getattr(module, "SPLIT_RULE", None):
         manifest["split_rule"] = module.SPLIT_RULE
+    manifest.update(extra)
     path = write_manifest(args.out, manifest)
     print(f"wrote {manifest['samples']} samples in {len(shards)} shards to {args.out}; skipped {manifest['skipped']}")
     return path
