@@ -5,13 +5,13 @@ grew; the search spreads its candidates over the ranks (growth/search.py).
 Files, under the run folder OUT:
 - `OUT/growth/universal-step<N>/`: the save converted by ds_to_universal (rank 0), read by every rank, removed
   once the winner is grown;
-- `OUT/growth/search-step<N>.jsonl`: one line per proxy-trained candidate (the reference and replicate rows
-  included) with move, family, FLOPs, parameters, memory estimate, layout, proxy and held-out loss, score, place
-  and search time, then one line per candidate the budget or the selection left out, with the reason, then the
-  summary line: the decision (grow or "kept: no growth"), margin and noise, the search's compute
-  (`search_gflop`), the run's training compute so far (`train_gflop`, from metrics.jsonl), `share_so_far`, the
-  projected training compute of the whole run (`run_gflop`: so far, plus the remaining steps at the decided
-  architecture) and `share` = search_gflop / run_gflop;
+- `OUT/growth/search-step<N>.jsonl`: one line per proxy-trained candidate (the unchanged model's reference row
+  included) with move, family, FLOPs, parameters, memory estimate, layout, proxy and held-out loss (per stream
+  and per held-out batch too), score, place and search time; then one line per candidate the budget or the
+  selection left out, with the reason; then the summary line: the decision (grow or "kept: no growth"), margin
+  and noise, the search's compute (`search_gflop`), the run's training compute so far (`train_gflop`, from
+  metrics.jsonl), `share_so_far`, the projected training compute of the whole run (`run_gflop`: so far, plus
+  the remaining steps at the decided architecture) and `share` = search_gflop / run_gflop;
 - `OUT/grown/step<N>/`: the winner, written by `grow_checkpoint` (atomically), whose growth history entry holds
   the search summary and the data size;
 - TensorBoard (`OUT/tb`): growth/g, growth/winner_score, growth/reference_score, growth/noise,

@@ -219,10 +219,8 @@ def place(arch: Architecture, layout: Layout, budget: Budget) -> tuple[Layout | 
 
 def generate(arch: Architecture, g: float, budget: Budget, layout: Layout) -> tuple[list[Candidate], list[dict]]:
     """(candidates within the budget, rejected moves with their reasons), in generation order."""
-    kept, rejected, seen = [], [], {}
+    kept, rejected, seen = [], [], set()
     for moves in single_moves(arch, g) + compound_moves(arch, g):
-        if moves in seen:
-            continue
         if why := budget.outside(moves):
             rejected.append({"move": moves, "reason": why})
             continue
@@ -232,10 +230,9 @@ def generate(arch: Architecture, g: float, budget: Budget, layout: Layout) -> tu
         except GrowthError as e:
             rejected.append({"move": moves, "reason": str(e)})
             continue
-        key = repr(dst.to_dict())
-        if key in seen.values():
+        if dst in seen:
             continue  # the same architecture as an earlier move (vision.layers+=2 and vision.layers*=2 at 2 layers)
-        seen[moves] = key
+        seen.add(dst)
         gflops, params = dst.flops_per_sample() / 1e9, total_params(dst)
         reason = ""
         if budget.max_gflops is not None and gflops > budget.max_gflops:

@@ -7,7 +7,8 @@ the grown data D_t (carrying its optimizer state), score it on a held-out slice 
   otherwise). Every candidate sees the same batches.
 - **Proxy training.** A single-device CLIP(target), weights and Adam moments grown from the source by the
   growth operators and PIM (exactly what `grow_checkpoint` writes), torch AdamW with the run's betas, eps and
-  weight decay, at the run's learning rate at the growth step, held constant; the Adam step counter continues.
+  weight decay, at the run's learning rate at the growth step, re-warmed and cooled down alike for every row
+  (`Hyper`); the Adam step counter continues.
 - **Score** (lower is better): held-out contrastive loss + `penalty`·log2(FLOPs_candidate / FLOPs_source)
   − `eval_weight`·(top-1 of `eval_task`, when one is named). The penalty prices compute per sample; it defaults
   to 0, because the candidates trained are those closest to the compute target (`target_ratio`,
@@ -19,7 +20,8 @@ the grown data D_t (carrying its optimizer state), score it on a held-out slice 
   paired differences (one per stream: the same comparison on other proxy batches), combined with the standard
   error of the per-batch held-out differences. The best candidate wins only when it beats the reference's score
   by more than `noise_margin`·noise; otherwise the run keeps its architecture ("kept": the reference is the
-  winner) and trains on. Noise and margin are recorded.
+  winner) and trains on. Noise and margin are recorded. `always_grow` (growth.always_grow) lets the best
+  candidate win regardless, as the search before 2026-12 did (an ablation).
 - **Compute.** Every row costs 2·gflops·proxy_batch·(3·K + H) GFLOPs (per stream, forward and backward on the
   proxy batches, forward on the held-out ones); their sum is `search_gflop`, recorded with the decision, so
   that a run counts every search in its compute (growth/auto.py adds the share of the run).
@@ -402,7 +404,7 @@ def parse_args(argv=None):
                                                                 "scores better")
     p.add_argument("--cooldown", type=float, default=defaults.cooldown,
                    help="share of the proxy steps over which its lr decays to 0 before the held-out loss")
-    p.add_argument("--rewarm-steps", type=int, help="proxy re-warm of grown candidates (default: the run's "
+    p.add_argument("--rewarm-steps", type=int, help="re-warm of the proxy lr (default: the run's "
                                                      "growth.rewarm_steps)")
     p.add_argument("--noise-margin", type=float, default=defaults.noise_margin,
                    help="a growth must beat no growth by this many measured noise units")
