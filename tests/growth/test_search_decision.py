@@ -63,3 +63,17 @@ def test_the_search_compute_counts_every_row_and_both_streams():
     # per stream: gflops x batch x (3 K + H), forward and backward on K proxy batches, forward on H held-out ones
     assert cost_gflop(records[1]) == 2 * 2.0 * 8 * (3 * 2 + 2)
     assert d["search_gflop"] == pytest.approx(2 * sum(r["gflops"] for r in records) * 8 * 8)
+
+
+def test_a_five_percent_data_increase_does_not_trigger_a_search_by_default():
+    """growth.data_ratio defaults to 1.5: the demo's OpenClipArt arrival (110,000 -> 115,121 pairs, +4.7%) is
+    no reason to search, MNIST's (60,000 -> 110,000) is."""
+    from types import SimpleNamespace
+
+    from pretrain.config import GrowthConfig
+    from pretrain.growth_loop import GrowingRun
+    run = SimpleNamespace(reference=110_000, cfg=SimpleNamespace(growth=GrowthConfig()))
+    assert GrowthConfig().data_ratio == 1.5
+    assert not GrowingRun._growth_due(run, 115_121)
+    run.reference = 60_000
+    assert GrowingRun._growth_due(run, 110_000)
