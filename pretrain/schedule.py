@@ -121,8 +121,3 @@ def growth_warning(train, history: list, step: int) -> str | None:
     return (f"warning: the growth at step {step}{f' ({move})' if move else ''} falls inside the lr decay phase "
             f"(from step {decay_start(train)}); the grown model trains at a decaying lr. Grow earlier, or use "
             f"train.lr_schedule=wsd with a smaller train.decay_frac")
-
-
-def cosine_with_warmup(optimizer, warmup: int, total: int, lr: float, min_lr: float):
-    """The cosine schedule from explicit settings, without re-warm (`build_scheduler` takes a run's config)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(warmup, total, lr, min_lr))
