@@ -19,7 +19,6 @@ Files, under the run folder OUT:
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -57,9 +56,8 @@ def _collective(fn) -> object:
 def compute_share(out: Path, step: int, result: dict, steps: int) -> dict:
     """The search's share of the run's training compute: so far (metrics.jsonl up to `step`) and projected over
     the whole run (the remaining steps at the decided architecture, at the last step's samples per step)."""
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if (
-        out / "metrics.jsonl").is_file() else []
-    rows = [r for r in rows if r.get("step", 0) <= step and "samples" in r and "gflops" in r]
+    from .timeline import read_metrics
+    rows = [r for r in read_metrics(out) if r["step"] <= step] if (out / "metrics.jsonl").is_file() else []
     so_far, prev = 0.0, 0
     for r in rows:
         so_far += 3 * r["gflops"] * (r["samples"] - prev)
@@ -158,7 +156,8 @@ def auto_grow(source_tag: Path, out: Path, step: int, shards: list[str], samples
                 echo(f"[search] step {step}: no growth: the best candidate {d['best']} scored {d['winner_score']:.4f} "
                      f"against {d['reference_score']:.4f} for the unchanged model, a lead of {d['margin']:+.4f} "
                      f"within {d['noise_margin']:g} x the noise {d['noise']:.4f}; the model keeps its architecture "
-                     f"(see {record})")
+                     f"(see {record})" if d["best"] is not None else
+                     f"[search] step {step}: the budget admits no candidate; the model keeps its architecture")
             return None, result
         target = Layout.for_world(layout.world, winner["tp"], winner["pp"])
         grown = _collective(lambda: str(grow_checkpoint(

@@ -33,8 +33,8 @@ scale), ties by move text. The data still sizes the space (g above) and decides 
 
 The space can be restricted (`Budget.dimensions`, `Budget.shared`; `growth.dimensions`, `growth.shared_encoder`;
 the ablations of issue 11): `dimensions` names the families a move may touch (`vision.layers`, `text.width`, ...,
-`shared`; a bare field such as `layers` means both towers) and `compound` (pairs, allowed only when every part is
-allowed); `shared=False` removes the shared encoder. A move outside it is rejected with the reason.
+`shared`; a bare field such as `layers` means both towers) and `compound` (combined moves, allowed only when
+every part is allowed); `shared=False` removes the shared encoder. A move outside it is rejected with the reason.
 """
 from __future__ import annotations
 

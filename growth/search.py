@@ -413,6 +413,10 @@ def parse_args(argv=None):
     p.add_argument("--pim-m", type=float, default=pim.m)
     p.add_argument("--pim-source", choices=("ema", "last"), default=pim.source)
     p.add_argument("--pim-seed", type=int, default=pim.seed)
+    p.add_argument("--split", type=float, help=f"symmetry split of duplicated units (default: the run's "
+                                               f"growth.symmetry_split, else {pim.split})")
+    p.add_argument("--depth-init", choices=("copy", "fresh"), help=f"new blocks (default: the run's "
+                                                                   f"growth.depth_init, else {pim.depth_init})")
     p.add_argument("--no-inherit", action="store_true", help="no inheritance: candidates start from a fresh "
                                                              "initialisation, moments reset")
     p.add_argument("--dimensions", help="comma list of the families the space may grow (vision.layers, text.width, "
@@ -463,7 +467,12 @@ def main(argv=None) -> int:
                            heldout_batches=args.heldout_batches, penalty=args.penalty, target_ratio=args.target_ratio,
                            noise_margin=args.noise_margin, cooldown=args.cooldown, always_grow=args.always_grow,
                            eval_task=args.eval_task, seed=seed)
-        pim = PIM(args.pim_m, args.pim_source, args.pim_seed, not args.no_inherit)
+        grow_cfg = run.get("growth") or {}  # the run's symmetry split and depth init, unless given here
+        split = args.split if args.split is not None else grow_cfg.get("symmetry_split")
+        depth_init = args.depth_init or grow_cfg.get("depth_init")
+        pim = PIM(args.pim_m, args.pim_source, args.pim_seed, not args.no_inherit,
+                  **({"split": split} if split is not None else {}),
+                  **({"depth_init": depth_init} if depth_init else {}))
         tok_path = tag / "tokenizer.model"
         hyper = Hyper.of_run(run, src.client["step"])
         if args.rewarm_steps is not None:

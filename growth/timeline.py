@@ -45,7 +45,8 @@ def read_metrics(run: Path) -> list[dict]:
 
 def estimated_gflop(rows: list[dict]) -> float:
     """A search's compute from its proxy-trained rows (records written before the summary line existed)."""
-    return sum(r["gflops"] * r["proxy_batch"] * (3 * r["proxy_steps"] + r["heldout_batches"]) for r in rows)
+    from .search import cost_gflop
+    return sum(cost_gflop({"streams": 1, **r}) for r in rows)
 
 
 def read_search(path: Path) -> dict | None:

@@ -271,20 +271,6 @@ def validate_stages(cfg: RunConfig, source: str) -> None:
             raise ConfigError(f"{source}: growth.{key} must be a number >= 0, got {v!r}")
 
 
-    if not _is_int(g.rewarm_steps) or g.rewarm_steps < 0:
-        raise ConfigError(f"{source}: growth.rewarm_steps must be an integer >= 0, got {g.rewarm_steps!r}")
-    if g.target_ratio is not None and (not isinstance(g.target_ratio, (int, float)) or isinstance(g.target_ratio, bool)
-                                       or g.target_ratio <= 1):
-        raise ConfigError(f"{source}: growth.target_ratio must be a number > 1, got {g.target_ratio!r}")
-    if g.symmetry_split is not None and (not isinstance(g.symmetry_split, (int, float))
-                                         or isinstance(g.symmetry_split, bool) or not 0 <= g.symmetry_split < 1):
-        raise ConfigError(f"{source}: growth.symmetry_split must be a number in [0, 1), got {g.symmetry_split!r}")
-    if g.always_grow is not None and not isinstance(g.always_grow, bool):
-        raise ConfigError(f"{source}: growth.always_grow must be true or false, got {g.always_grow!r}")
-    if g.depth_init not in (None, "copy", "fresh"):
-        raise ConfigError(f"{source}: growth.depth_init must be copy or fresh, got {g.depth_init!r}")
-
-
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -319,6 +305,18 @@ def validate_growth(g: GrowthConfig, steps: int, source: str) -> None:
     if not (g.pim_inherit is None or isinstance(g.pim_inherit, bool)) or not isinstance(g.shared_encoder, bool):
         raise ConfigError(f"{source}: growth.pim_inherit and growth.shared_encoder must be true or false, got "
                           f"{g.pim_inherit!r} and {g.shared_encoder!r}")
+    if not _is_int(g.rewarm_steps) or g.rewarm_steps < 0:
+        raise ConfigError(f"{source}: growth.rewarm_steps must be an integer >= 0, got {g.rewarm_steps!r}")
+    if g.target_ratio is not None and (not isinstance(g.target_ratio, (int, float)) or isinstance(g.target_ratio, bool)
+                                       or g.target_ratio <= 1):
+        raise ConfigError(f"{source}: growth.target_ratio must be a number > 1, got {g.target_ratio!r}")
+    if g.symmetry_split is not None and (not isinstance(g.symmetry_split, (int, float))
+                                         or isinstance(g.symmetry_split, bool) or not 0 <= g.symmetry_split < 1):
+        raise ConfigError(f"{source}: growth.symmetry_split must be a number in [0, 1), got {g.symmetry_split!r}")
+    if g.always_grow is not None and not isinstance(g.always_grow, bool):
+        raise ConfigError(f"{source}: growth.always_grow must be true or false, got {g.always_grow!r}")
+    if g.depth_init not in (None, "copy", "fresh"):
+        raise ConfigError(f"{source}: growth.depth_init must be copy or fresh, got {g.depth_init!r}")
     if g.dimensions:
         from growth.candidates import check_dimensions
         from growth.errors import GrowthError

@@ -300,8 +300,8 @@ class GrowingRun:
             grown, result = self._search(step, shards, samples, samples / max(self.reference, 1), layout)
             if grown is not None:
                 resume, tp_pp = grown, (result["winner"]["tp"], result["winner"]["pp"])
-        if resume != self.source:
-            self.reference = samples
+        if resume != self.source or search:  # g is measured from the data at the last search, grown or kept (a
+            self.reference = samples          # resume measures it from the last growth: a kept search is not saved)
         if stage is not None:
             self.stage = stage
             self.boundaries.pop(0)

@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .manifest import write_manifest
-from .sources import registry, synthetic
+from .sources import registry
 
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 
@@ -107,7 +107,7 @@ def write_shards(samples, out: Path, shard_size: int, max_pixels: int, skipped: 
 
 
 def main(argv: list[str] | None = None) -> Path:
-    sources = {**registry(), "synthetic": synthetic}  # sources/__init__.py's registry predates it
+    sources = registry()
     p = argparse.ArgumentParser(prog="python -m pretrain.data.prepare", description=__doc__.split("\n")[0])
     p.add_argument("source", choices=sorted(sources))
     p.add_argument("--out", required=True, type=Path)

@@ -32,6 +32,7 @@ def templated_caption(source: str, split: str, index: int, seed: int, templates:
 
 
 def registry():
-    from . import fashion_mnist, folder, mnist, openclipart
+    from . import fashion_mnist, folder, mnist, openclipart, synthetic
 
-    return {"fashion_mnist": fashion_mnist, "mnist": mnist, "openclipart": openclipart, "folder": folder}
+    return {"fashion_mnist": fashion_mnist, "mnist": mnist, "openclipart": openclipart, "folder": folder,
+            "synthetic": synthetic}
