@@ -22,9 +22,19 @@ import math
 
 from pretrain.arch import mlp_hidden
 
+from .errors import GrowthError
 from .index_map import IndexMap
 
 DEPTH_INITS = ("copy", "fresh")  # the non-residual weights of a new block: its predecessor's, or fresh
+
+
+def check_settings(split, depth_init: str, owner: str) -> None:
+    """GrowthError naming `owner` (PIM, growth) when the symmetry split is not a number in [0, 1) or depth_init
+    is not one of DEPTH_INITS."""
+    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
+        raise GrowthError(f"{owner} split must be a number in [0, 1), got {split!r}")
+    if depth_init not in DEPTH_INITS:
+        raise GrowthError(f"{owner} depth_init must be one of {', '.join(DEPTH_INITS)}, got {depth_init!r}")
 
 
 def depth(src_layers: int, dst_layers: int) -> list[int | None]:

@@ -29,7 +29,7 @@ from pretrain.arch import Architecture
 from pretrain.model import CLIP
 
 from .errors import GrowthError
-from .operators import DEPTH_INITS
+from .operators import check_settings
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,7 @@ class PIM:
             raise GrowthError(f"PIM momentum m must be in (0, 1], got {self.m}")
         if self.source not in ("ema", "last"):
             raise GrowthError(f"PIM source must be 'ema' or 'last', got {self.source!r}")
-        if isinstance(self.split, bool) or not isinstance(self.split, (int, float)) or not 0.0 <= self.split < 1.0:
-            raise GrowthError(f"PIM split must be a number in [0, 1), got {self.split!r}")
-        if self.depth_init not in DEPTH_INITS:
-            raise GrowthError(f"PIM depth_init must be one of {', '.join(DEPTH_INITS)}, got {self.depth_init!r}")
+        check_settings(self.split, self.depth_init, "PIM")
 
     def blend(self, mapped: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
         if not self.inherit:

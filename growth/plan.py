@@ -83,10 +83,7 @@ def plan_growth(src: Architecture, dst: Architecture, split: float = 0.0,
                 depth_init: str = "fresh") -> dict[str, TensorMap]:
     """TensorMap of every parameter of CLIP(dst). Call space.check_growth(src, dst) first. `split` in [0, 1):
     the unequal share of duplicated units (0: plain tiling); `depth_init`: "fresh" or "copy" (module doc)."""
-    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
-        raise GrowthError(f"growth split must be a number in [0, 1), got {split!r}")
-    if depth_init not in op.DEPTH_INITS:
-        raise GrowthError(f"growth depth_init must be one of {', '.join(op.DEPTH_INITS)}, got {depth_init!r}")
+    op.check_settings(split, depth_init, "growth")
     split = float(split)
     rv = op.width(src.vision.width, dst.vision.width)
     rt = op.width(src.text.width, dst.text.width)
