@@ -26,6 +26,10 @@ from pathlib import Path
 from pretrain.data.sources import fashion_mnist as fmnist
 from pretrain.data.sources import mnist as mnist_source
 from pretrain.data.sources import openclipart
+from pretrain.data.sources import synthetic as synthetic_source
+
+from pretrain.data.manifest import load_shards
+from pretrain.data.pipeline import read_shard
 
 from .data import Classification, EvalDataError, LinearProbe, Retrieval, TaskUnavailable, captioned_images
 
@@ -152,3 +156,38 @@ def openclipart_heldout(data_dir: Path) -> Retrieval:
     data.info = {"split": "heldout", "split_rule": openclipart.SPLIT_RULE,
                  "source": str(shards if (shards / "manifest.json").is_file() else raw)}
     return data
+
+
+# The synthetic stream's stage 1 (pretrain/data/sources/synthetic.py): one coloured shape per image. Zero-shot over
+# its 72 colour-shape classes, on fresh draws of the *training* compositions (seed 1 of the train split, never
+# written into a training shard of a run that trains on seed 0; `make data-synthetic` writes them to
+# DATA/shards/synthetic-s1-zeroshot). The class names carry their article ("an orange star"), as the captions
+# do, and the prompts are the captions' prefixes; CLIP_benchmark-style photo prompts are the transfer set.
+SYNTHETIC_TEMPLATES = ["{c}"] + [p + "{c}" for p in synthetic_source.PREFIXES if p]
+SYNTHETIC_TRANSFER = ["a photo of {c}.", "a rendition of {c}.", "a close-up photo of {c}."]
+
+
+def synthetic_shapes(data_dir: Path) -> Classification:
+    shards = Path(data_dir) / "shards" / "synthetic-s1-zeroshot"
+    if not (shards / "manifest.json").is_file():
+        raise TaskUnavailable(f"{shards} not found; run make data-synthetic")
+    manifest = json.loads((shards / "manifest.json").read_text())
+    if manifest.get("source") != "synthetic" or manifest.get("stage") != 1 or manifest.get("seed") == 0:
+        raise EvalDataError(f"{shards}: not a stage-1 synthetic set of a seed other than 0 (got source "
+                            f"{manifest.get('source')}, stage {manifest.get('stage')}, seed {manifest.get('seed')})")
+    pairs = [(c, s) for s in synthetic_source.SHAPES for c in synthetic_source.COLOURS]
+    names = [synthetic_source.noun_phrase(synthetic_source.Obj(shape=s, colour=c)) for c, s in pairs]
+    index = {p: i for i, p in enumerate(pairs)}
+    images, labels, skipped = [], [], Counter()
+    for shard in load_shards(str(shards)):
+        for sample in read_shard(shard):
+            if isinstance(sample, str) or "png" not in sample or "json" not in sample:
+                skipped["unreadable" if isinstance(sample, str) else "missing_part"] += 1
+                continue
+            obj = json.loads(sample["json"])["objects"][0]
+            images.append(sample["png"])
+            labels.append(index[(obj["colour"], obj["shape"])])
+    return Classification("synthetic_shapes", images, labels, names, SYNTHETIC_TEMPLATES, skipped,
+                          info={"source": str(shards), "synthetic": True,
+                                "prompts": "training captions (stage 1's prefixes; class names with their article)"},
+                          prompt_sets={"transfer": SYNTHETIC_TRANSFER})

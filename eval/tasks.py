@@ -34,6 +34,7 @@ BUILTIN = {
     "cifar100_foolbox": (ZEROSHOT, partial(builtin.foolbox, "cifar100")),
     "imagenet_foolbox": (ZEROSHOT, partial(builtin.foolbox, "imagenet")),
     "openclipart_retrieval": (RETRIEVAL, builtin.openclipart_heldout),
+    "synthetic_shapes": (ZEROSHOT, builtin.synthetic_shapes),
     "fashion_mnist_linear_probe": (LINEAR_PROBE, partial(builtin.linear_probe, "fashion_mnist")),
     "mnist_linear_probe": (LINEAR_PROBE, partial(builtin.linear_probe, "mnist")),
 }

@@ -14,6 +14,12 @@ arm's samples per step (the same numbers when the batch and world size are the s
 arrive after an arm's last step is never seen by that arm (the cheaper budget runs out first). Ablations of the
 automatic arm (other growth settings, `fork:` or not) train the same number of steps on the same stream as it;
 their FLOPs differ by what their growths cost, and the report shows each arm's total against B.
+
+**Equal steps** (a plan's `compute: equal_steps`, the growth-pays protocol): every arm trains the automatic arm's
+number of steps on the same stream, and its FLOPs are what they are; the question asked is the compute each
+needs to reach the plan's `target` arm's final held-out loss (report.py, pays.py). A `fixed` arm is the config
+with the arm's own overrides (a fixed architecture, or a growth schedule written into `growth.at_steps` /
+`growth.moves`), with no reference to another arm.
 """
 from __future__ import annotations
 
@@ -58,6 +64,14 @@ def flops_at(curve: list[tuple[int, int, float]], step: int) -> float:
             break
         best = f
     return best
+
+
+def steps_for(plan: Plan, ref: dict, budget: float, samples_per_step: int, segments: list[tuple[int, float]]) -> int:
+    """The steps of an arm that depends on `ref`: `ref`'s own (compute: equal_steps), or those that spend
+    `budget` (equal_flops)."""
+    if plan.compute == "equal_steps":
+        return round(ref["final_step"] * ref["samples_per_step"] / samples_per_step)
+    return steps_for_budget(budget, samples_per_step, segments)
 
 
 def steps_for_budget(budget: float, samples_per_step: int, segments: list[tuple[int, float]]) -> int:
@@ -114,6 +128,9 @@ def arm_overrides(plan: Plan, arm: Arm, out: Path) -> tuple[list[str], dict]:
         if cfg.growth.mode != "auto":
             raise PlanError(f"{arm.name}: kind auto needs growth.mode=auto in the config or overrides")
         return [*arm.overrides, *common], {**facts, "steps": cfg.train.steps, "stage_steps": cfg.data.stage_steps}
+    if arm.kind == "fixed":  # the config and the arm's own overrides; growth only where they write one
+        return (["growth.mode=steps", *arm.overrides, *common],
+                {**facts, "steps": cfg.train.steps, "stage_steps": cfg.data.stage_steps})
     ref = read_train(out / arm.ref)
     budget = ref["flops_total"]
     start = Architecture.from_dict(ref["start_arch"])
@@ -121,10 +138,10 @@ def arm_overrides(plan: Plan, arm: Arm, out: Path) -> tuple[list[str], dict]:
     growths = _growths(ref)
     own = ["growth.mode=steps"]
     if arm.kind == "fixed_small":
-        steps = steps_for_budget(budget, sps, [(0, start.flops_per_sample() / 1e9)])
+        steps = steps_for(plan, ref, budget, sps, [(0, start.flops_per_sample() / 1e9)])
         own += [f"model={json.dumps(start.to_dict())}"]
     elif arm.kind == "fixed_final":
-        steps = steps_for_budget(budget, sps, [(0, final.flops_per_sample() / 1e9)])
+        steps = steps_for(plan, ref, budget, sps, [(0, final.flops_per_sample() / 1e9)])
         own += [f"model={json.dumps(final.to_dict())}"]
         layout = ref.get("final_layout") or {}
         if (layout.get("tp", 1), layout.get("pp", 1)) != (cfg.parallel.tp, cfg.parallel.pp):
@@ -141,7 +158,7 @@ def arm_overrides(plan: Plan, arm: Arm, out: Path) -> tuple[list[str], dict]:
                          Architecture.from_dict(g["to"])) for g in growths]
         segments = [(0, start.flops_per_sample() / 1e9)] + [(s, a.flops_per_sample() / 1e9)
                                                               for s, _, _, a in schedule]
-        steps = steps_for_budget(budget, sps, segments)
+        steps = steps_for(plan, ref, budget, sps, segments)
         schedule = [g for g in schedule if g[0] < steps]
         own += [f"model={json.dumps(start.to_dict())}"]
         if schedule:

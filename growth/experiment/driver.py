@@ -299,6 +299,7 @@ def record_invocation(out: Path, plan: Plan, argv: list[str], key: str, value) -
         data.update({"plan": str(plan.path), "plan_text": plan.text, "smoke": plan.smoke, "name": plan.name,
                      "description": plan.description,
                      "launch": plan.launch, "nproc": plan.nproc, "seeds": plan.seeds,
+                     "compute": plan.compute, "target": plan.target, "start": plan.start,
                      "arms": [a.__dict__ for a in plan.arms]})
         data["invocations"].append({"argv": argv, "started": now(), **value})
     else:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import yaml
 
-KINDS = ("auto", "fixed_small", "fixed_final", "hand")
+KINDS = ("auto", "fixed", "fixed_small", "fixed_final", "hand")
+COMPUTE = ("equal_flops", "equal_steps")
 SCHEDULES = ("once", "replay")
 TOP_KEYS = {"name", "description", "launch", "nproc", "config", "deepspeed_config", "overrides", "seeds", "eval",
-            "heldout", "prune", "arms", "smoke", "tiny_data", "estimate"}
+            "heldout", "prune", "arms", "smoke", "tiny_data", "estimate", "compute", "target", "start", "vars"}
 ARM_KEYS = {"name", "kind", "seeds", "group", "overrides", "ref", "fork", "schedule", "label"}
 
 
@@ -74,6 +75,9 @@ class Plan:
     prune: bool
     tiny_data: dict | None
     arms: list[Arm]
+    compute: str = "equal_flops"     # equal_flops: ref arms spend the automatic arm's FLOPs; equal_steps: its steps
+    target: str | None = None        # the arm (plan name) whose final held-out loss is the compute-to-target bar
+    start: str | None = None         # the start model's fixed arm: the capacity check is start against target
 
     def arm(self, name: str) -> Arm:
         for a in self.arms:
@@ -130,7 +134,10 @@ def load_plan(path: str | Path, smoke: bool = False, variables: dict | None = No
         if not isinstance(raw.get("smoke"), dict):
             raise PlanError(f"{path}: --smoke needs a `smoke:` section")
         raw = _merge({k: v for k, v in raw.items() if k != "smoke"}, raw["smoke"])
-    raw = _substitute(raw, variables or {})
+    given = raw.get("vars") or {}
+    if not isinstance(given, dict):
+        raise PlanError(f"{path}: vars is a mapping of names to values ($NAME in any string of the plan)")
+    raw = _substitute(raw, {**{k: str(v) for k, v in given.items()}, **(variables or {})})
     seeds = raw.get("seeds", [0])
     if not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
         raise PlanError(f"{path}: seeds must be distinct integers, got {seeds!r}")
@@ -151,10 +158,16 @@ def load_plan(path: str | Path, smoke: bool = False, variables: dict | None = No
                 eval_tasks=ev.get("tasks", "fashion_mnist"), eval_extra=list(ev.get("extra") or []),
                 eval_limit=int(ev.get("limit", 0)),
                 eval_batch=int(ev.get("batch_size", 256)), heldout=heldout, prune=bool(raw.get("prune", True)),
-                tiny_data=raw.get("tiny_data"), arms=[])
+                tiny_data=raw.get("tiny_data"), arms=[], compute=raw.get("compute", "equal_flops"),
+                target=raw.get("target"), start=raw.get("start"))
     if plan.launch not in ("process", "inprocess"):
         raise PlanError(f"{path}: launch must be process or inprocess, got {plan.launch!r}")
+    if plan.compute not in COMPUTE:
+        raise PlanError(f"{path}: compute must be one of {COMPUTE}, got {plan.compute!r}")
     plan.arms = order(_expand(raw.get("arms") or [], plan, path))
+    for key in ("target", "start"):
+        if getattr(plan, key) is not None and getattr(plan, key) not in {a.base for a in plan.arms}:
+            raise PlanError(f"{path}: {key} {getattr(plan, key)!r} is not an arm of the plan")
     folders = {a.name for a in plan.arms}
     for e in plan.eval_extra:
         if not isinstance(e, dict) or not e.get("tasks") or set(e.get("arms", [])) - folders:
@@ -187,6 +200,8 @@ def _expand(arms: list, plan: Plan, path: Path) -> list[Arm]:
         ref, fork = a.get("ref"), a.get("fork")
         if kind in ("fixed_small", "fixed_final", "hand") and not ref:
             raise PlanError(f"{where} ({a['name']}): kind {kind} needs `ref:` (the automatic arm it matches)")
+        if kind == "fixed" and ref:
+            raise PlanError(f"{where} ({a['name']}): kind fixed is defined by its own overrides; it takes no `ref:`")
         if fork and (kind != "auto" or ref):
             raise PlanError(f"{where} ({a['name']}): `fork:` is for automatic arms without `ref:`")
         overrides = [str(o) for o in a.get("overrides") or []]

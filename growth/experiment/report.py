@@ -21,12 +21,13 @@ from . import arms as A
 from . import heldout as H
 
 ZEROSHOT = [("fashion_mnist", "Fashion-MNIST"), ("mnist", "MNIST"), ("cifar10_foolbox", "CIFAR-10*"),
-            ("cifar100_foolbox", "CIFAR-100*"), ("imagenet_foolbox", "ImageNet*")]
+            ("cifar100_foolbox", "CIFAR-100*"), ("imagenet_foolbox", "ImageNet*"),
+            ("synthetic_shapes", "synthetic shapes (72)")]
 # In-domain sets are prompted from their training captions' templates (the ZEROSHOT scores, and the averages);
 # where CLIP_benchmark has its own prompt for one (eval/builtin.py), its `transfer_acc1` is a column beside it.
 # An eval.json written before that (no `prompts` field, no transfer metrics) scored these with CLIP_benchmark's
 # prompt only: its acc1 is read as the transfer score, and the in-domain one is missing.
-TRANSFER = {"mnist": "MNIST, CB prompt†"}
+TRANSFER = {"mnist": "MNIST, CB prompt†", "synthetic_shapes": "synthetic, photo prompts†"}
 RETRIEVAL = [("image_retrieval_recall@1", "R@1 t→i"), ("image_retrieval_recall@5", "R@5 t→i"),
              ("text_retrieval_recall@1", "R@1 i→t"), ("text_retrieval_recall@5", "R@5 i→t")]
 NOTES = re.compile(r"<!-- notes -->.*?<!-- /notes -->", re.S)
@@ -229,11 +230,13 @@ def write_report(out: Path, md: Path | None = None) -> Path:
             groups.setdefault(a["base"], []).append(a)
     ablations = [a for a in arms if a["group"] != "main"]
     auto_base = next((a["base"] for a in arms if a["kind"] == "auto" and a["group"] == "main"), None)
-    final_base = next((a["base"] for a in arms if a["kind"] == "fixed_final"), None)
+    final_base = exp.get("target") or next((a["base"] for a in arms if a["kind"] == "fixed_final"), None)
+    equal_steps = exp.get("compute") == "equal_steps"
 
-    def budget(a):  # B of the arm's seed: its ref's FLOPs, or its own for an automatic arm
-        src = by_name.get(a.get("ref") or "") or by_name.get(f"{auto_base}-s{a['seed']}") or a
-        return src["train"].get("flops_total")
+    def budget(a):  # B of the arm's seed: its ref's FLOPs, or its own for an automatic arm; equal steps: the target's
+        src = by_name.get(f"{final_base}-s{a['seed']}") if equal_steps else (
+            by_name.get(a.get("ref") or "") or by_name.get(f"{auto_base}-s{a['seed']}"))
+        return (src or a)["train"].get("flops_total")
 
     def target(a):  # the fixed final architecture's final held-out loss at this seed
         f = by_name.get(f"{final_base}-s{a['seed']}") if final_base else None
@@ -266,13 +269,23 @@ def write_report(out: Path, md: Path | None = None) -> Path:
               f"Commit{'s' if len(commits) > 1 else ''}: {', '.join(f'`{c}`' for c in commits) or 'unknown'}"
               + (f" **with uncommitted changes to {len(dirty)} tracked file(s)** ({', '.join(dirty[:8])})"
                  if dirty else " (clean tree)") + ".", ""]
+    if exp.get("target"):  # the growth-pays protocol: capacity check, compute to target, summary.json
+        from . import pays
+        sets = json.loads((out / "heldout" / "sets.json").read_text()) if (out / "heldout" / "sets.json").is_file() \
+            else {"sets": {}, "batch": 0, "batches": 0}
+        meta = {**exp, "commit": commits[-1] if commits else None,
+                "synthetic": "synthetic" in json.dumps(sets["sets"])}
+        lines += pays.section(meta, groups, list(sets["sets"]), figs, compute_to_reach,
+                              sets["batch"] * sets["batches"])
     # main arms
     if groups:
         seeds = max(len(v) for v in groups.values())
         lines += [f"## Main arms (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})", "",
-                  "Equal training FLOPs: the budget B of a seed is the automatic arm's training FLOPs, searches "
-                  "included; every other main arm is given the steps that spend B (growth/experiment/arms.py). "
-                  "Held-out loss: the contrastive loss on the held-out sets "
+                  (f"Equal steps: every arm trains the same steps on the same stream; B is the target arm "
+                   f"`{final_base}`'s training FLOPs at the same seed. " if equal_steps else
+                   "Equal training FLOPs: the budget B of a seed is the automatic arm's training FLOPs, searches "
+                   "included; every other main arm is given the steps that spend B (growth/experiment/arms.py). ")
+                  + "Held-out loss: the contrastive loss on the held-out sets "
                   f"({', '.join(json_sets(out))}), mean over sets, final checkpoint.", ""]
         rows = []
         for base, runs in groups.items():
@@ -286,7 +299,7 @@ def write_report(out: Path, md: Path | None = None) -> Path:
                          fmt(*ms("reach_ratio")[:2], digits=3) + f" ({sum(r['reach'] is not None for r in runs)}"
                          f"/{len(runs)} reached)", str(len(runs))])
         lines += [table(["arm", "final architecture (seed 0)", "FLOPs / B", "held-out loss", "zero-shot avg (%)",
-                         "avg over all its tasks (%, n)", "FLOPs to fixed-final's loss / B", "seeds"], rows), "",
+                         "avg over all its tasks (%, n)", f"FLOPs to {final_base}'s loss / B", "seeds"], rows), "",
                   f"Zero-shot avg: over {', '.join(common) or 'no task'} (the tasks every arm was evaluated on; "
                   "Fashion-MNIST and MNIST with prompts from their training captions); "
                   "the next column averages all the zero-shot tasks of the arm (the paper's summary number where "
