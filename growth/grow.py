@@ -35,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--split", type=float, default=defaults.split,
                    help="symmetry breaking in [0, 1): the copies of a duplicated unit share the weights that read "
                         "it unequally (0 = plain tiling, whose copies never separate); exact for any value")
+    p.add_argument("--noise", type=float, default=defaults.noise,
+                   help="antithetic symmetry-breaking noise on duplicated units, x each tensor's RMS (first-order "
+                        "exact; 0 = none)")
     p.add_argument("--depth-init", choices=("copy", "fresh"), default=defaults.depth_init,
                    help="new blocks copy the old block each follows, or start fresh (residual outputs zero)")
     p.add_argument("--reset-moments", action="store_true", help="zero the Adam state (and its step) instead "
@@ -48,7 +51,8 @@ def main(argv=None) -> int:
     try:
         target = Architecture.load(args.to) if args.to else args.move
         layout = Layout.for_world(args.tp * args.pp, args.tp, args.pp)
-        pim = PIM(args.pim_m, args.pim_source, args.pim_seed, split=args.split, depth_init=args.depth_init)
+        pim = PIM(args.pim_m, args.pim_source, args.pim_seed, split=args.split, depth_init=args.depth_init,
+                  noise=args.noise)
         grow_checkpoint(args.source, target, args.out, layout=layout, pim=pim, reset_moments=args.reset_moments,
                         tokenizer=args.tokenizer, progress=True)
     except (GrowthError, CheckpointError, ArchitectureError, LayoutError) as e:

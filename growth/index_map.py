@@ -84,6 +84,17 @@ class IndexMap:
         centred = (2 * self.copy_rank().to(torch.float64) - (k - 1)) / (k - 1).clamp(min=1)
         return (1 + split * centred) / k
 
+    def antithetic(self, split: float = 0.0) -> torch.Tensor:
+        """Per target index, the coefficient d_r of its copy's symmetry-breaking noise (TensorMap.noise): for a
+        source produced k > 1 times (a duplicated unit: scale 1), d_r = c_r − split·C/k with c_r as in
+        `fractions` and C = Σ_r c_r², so that Σ_r fractions_r·d_r = 0: the readers of the copies, which weigh
+        them by `fractions(split)`, see the noise cancel. 0 for single, new and fan-in (scale ≠ 1) indices."""
+        k = self.copies()
+        centred = (2 * self.copy_rank().to(torch.float64) - (k - 1)) / (k - 1).clamp(min=1)
+        total = k * (k + 1) / (3 * (k - 1).clamp(min=1))  # Σ_r c_r² over the k copies of a source
+        d = centred - split * total / k
+        return torch.where((k > 1) & (self.src != NEW) & (self.scale == 1), d, torch.zeros_like(d))
+
     def fan_in(self, split: float = 0.0) -> "IndexMap":
         """The map for an input dimension: duplicated inputs are summed, so the copies' weights share the
         original by `fractions(split)` (equally, 1/k each, at split 0)."""
@@ -129,13 +140,43 @@ class TensorMap:
                 mask = dim_mask if mask is None else mask | dim_mask
         return mask
 
-    def weights(self, src: torch.Tensor | None, init: torch.Tensor) -> torch.Tensor:
-        """T(θ): source entries copied and scaled; new entries from `init` (or zero)."""
+    def noise(self, src: torch.Tensor, split: float, sigma: float, seed: int) -> torch.Tensor | None:
+        """Antithetic symmetry-breaking noise for the duplicated units this tensor produces (None when it
+        produces none): along each dimension whose map duplicates a unit, copy r of source index i gets
+        d_r·n_i (IndexMap.antithetic), n ~ N(0, (sigma·RMS(src))²) drawn once per source index (and target
+        index along the other dimensions) from `seed`. Its readers sum the copies with weights that make the
+        noise cancel: every linear path is unchanged, a nonlinear one (GELU, LayerNorm's variance) changes at
+        second order in sigma. Unlike the unequal split alone, the copies now compute different things, so
+        their gradients differ in direction, not only in scale (which Adam normalises away)."""
+        total = None
+        shape = [m.size for m in self.dims]
+        gen = torch.Generator().manual_seed(seed)
+        for d, m in enumerate(self.dims):
+            coef = m.antithetic(split)
+            if not bool(coef.any()):
+                continue
+            drawn = torch.randn([m.source_size if i == d else n for i, n in enumerate(shape)], generator=gen,
+                                dtype=torch.float64)
+            term = drawn.index_select(d, m.src.clamp(min=0)) * _along(coef, d, len(shape))
+            total = term if total is None else total + term
+        if total is None:
+            return None
+        rms = float(src.detach().double().pow(2).mean().sqrt())
+        return total * (sigma * rms)
+
+    def weights(self, src: torch.Tensor | None, init: torch.Tensor, noise: tuple[float, float, int] | None = None
+                ) -> torch.Tensor:
+        """T(θ): source entries copied and scaled; new entries from `init` (or zero). `noise` = (split, sigma,
+        seed) adds the antithetic symmetry-breaking noise (`noise`) to the copies."""
         if self.source is None:
             return init.clone() if self.new == "init" else torch.zeros_like(init)
         if isinstance(self.source, Identity):
             src = torch.eye(self.source.size, dtype=init.dtype)
         out = self._gather(src.to(init.dtype), 1)
+        if noise is not None and noise[1] > 0 and isinstance(self.source, str) and self.dims:
+            extra = self.noise(src, *noise)
+            if extra is not None:
+                out = out + extra.to(out.dtype)
         mask = self.new_mask(out.ndim)
         if mask is not None:
             out = torch.where(mask, init if self.new == "init" else torch.zeros((), dtype=out.dtype), out)

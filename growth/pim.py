@@ -21,6 +21,7 @@ measurement.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -40,6 +41,7 @@ class PIM:
     inherit: bool = True  # False: no inheritance (θ = θ_init, moments and step reset)
     split: float = 0.5      # symmetry breaking of duplicated units, in [0, 1); 0: plain tiling
     depth_init: str = "copy"  # new blocks: "copy" (the old block each follows) or "fresh"
+    noise: float = 0.0      # antithetic symmetry-breaking noise of duplicated units, x the tensor's RMS
 
     def __post_init__(self):
         if not 0.0 < self.m <= 1.0:
@@ -47,6 +49,14 @@ class PIM:
         if self.source not in ("ema", "last"):
             raise GrowthError(f"PIM source must be 'ema' or 'last', got {self.source!r}")
         check_settings(self.split, self.depth_init, "PIM")
+        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not 0 <= self.noise < 1:
+            raise GrowthError(f"PIM noise must be a number in [0, 1), got {self.noise!r}")
+
+    def mapped(self, tmap, src: torch.Tensor | None, init: torch.Tensor) -> torch.Tensor:
+        """T(θ) of one parameter, with this PIM's symmetry-breaking noise (seeded by the PIM seed and the source
+        tensor's name, so every rank and every call draws the same)."""
+        seed = (self.seed * 1_000_003 + zlib.crc32(str(tmap.source).encode())) % (2 ** 63)
+        return tmap.weights(src, init, (self.split, self.noise, seed) if self.noise else None)
 
     def blend(self, mapped: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
         if not self.inherit:

@@ -415,6 +415,8 @@ def parse_args(argv=None):
     p.add_argument("--pim-seed", type=int, default=pim.seed)
     p.add_argument("--split", type=float, help=f"symmetry split of duplicated units (default: the run's "
                                                f"growth.symmetry_split, else {pim.split})")
+    p.add_argument("--noise", type=float, help=f"symmetry-breaking noise of duplicated units (default: the run's "
+                                               f"growth.symmetry_noise, else {pim.noise})")
     p.add_argument("--depth-init", choices=("copy", "fresh"), help=f"new blocks (default: the run's "
                                                                    f"growth.depth_init, else {pim.depth_init})")
     p.add_argument("--no-inherit", action="store_true", help="no inheritance: candidates start from a fresh "
@@ -470,9 +472,11 @@ def main(argv=None) -> int:
         grow_cfg = run.get("growth") or {}  # the run's symmetry split and depth init, unless given here
         split = args.split if args.split is not None else grow_cfg.get("symmetry_split")
         depth_init = args.depth_init or grow_cfg.get("depth_init")
+        noise = args.noise if args.noise is not None else grow_cfg.get("symmetry_noise")
         pim = PIM(args.pim_m, args.pim_source, args.pim_seed, not args.no_inherit,
                   **({"split": split} if split is not None else {}),
-                  **({"depth_init": depth_init} if depth_init else {}))
+                  **({"depth_init": depth_init} if depth_init else {}),
+                  **({"noise": noise} if noise is not None else {}))
         tok_path = tag / "tokenizer.model"
         hyper = Hyper.of_run(run, src.client["step"])
         if args.rewarm_steps is not None:

@@ -24,7 +24,7 @@ def grow_parameter(tmap: TensorMap, weight: torch.Tensor | None, exp_avg: torch.
                    exp_avg_sq: torch.Tensor | None, init: torch.Tensor, pim: PIM,
                    reset_moments: bool = False) -> dict[str, torch.Tensor]:
     """fp32 master weight and Adam moments of one target parameter (absent source moments count as zero)."""
-    fp32 = pim.blend(tmap.weights(weight, init), init)
+    fp32 = pim.blend(pim.mapped(tmap, weight, init), init)
     if reset_moments:
         return {"fp32": fp32, "exp_avg": torch.zeros_like(init), "exp_avg_sq": torch.zeros_like(init)}
     avg, avg_sq = pim.moments(tmap.moment(exp_avg, 1, init), tmap.moment(exp_avg_sq, 2, init))
@@ -43,5 +43,5 @@ def grow_from_source(tmap: TensorMap, tensors: dict[str, torch.Tensor], ema: dic
 def grow_weights(plan: dict[str, TensorMap], weights: dict[str, torch.Tensor], init: dict[str, torch.Tensor],
                  pim: PIM) -> dict[str, torch.Tensor]:
     """m·T(weights) + (1−m)·init for every target parameter."""
-    return {name: pim.blend(tmap.weights(source_of(tmap, weights), init[name]), init[name])
+    return {name: pim.blend(pim.mapped(tmap, source_of(tmap, weights), init[name]), init[name])
             for name, tmap in plan.items()}

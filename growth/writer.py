@@ -51,7 +51,7 @@ def write_grown(src_tag: Path, dst_tag: Path, dst: Architecture, plan: dict[str,
         module[name] = grown["fp32"].to(module_dtype, copy=True)  # never aliases the EMA in the saved file
         if ema:
             grown_ema[name] = (grown["fp32"] if pim.source == "ema" else
-                               pim.blend(tmap.weights(source_of(tmap, ema), init[name]), init[name]))
+                               pim.blend(pim.mapped(tmap, source_of(tmap, ema), init[name]), init[name]))
     shapes = param_shapes(model)
     universal.write_optimizer_state(src_tag, dst_tag, [len(g) for g in shapes])
     restart = {} if pim.inherit else {"t": 0}  # no inheritance: the EMA's warm-up starts again

@@ -97,6 +97,8 @@ class GrowthConfig:
                                                   # scheduled value over this many steps (pretrain/schedule.py)
     symmetry_split: float | None = None           # duplicated units split their fan-out unequally (growth/pim.py
                                                   # PIM.split); 0: plain tiling; None: PIM's default
+    symmetry_noise: float | None = None           # antithetic noise on duplicated units, x each tensor's RMS
+                                                  # (growth/pim.py PIM.noise); 0: none; None: PIM's default
     depth_init: str | None = None                 # new blocks: copy (stack the block before) | fresh; None: PIM's
     target_ratio: float | None = None             # auto: the FLOPs growth the search aims at (candidates.select);
                                                   # None: growth/search.py's SearchConfig
@@ -313,6 +315,9 @@ def validate_growth(g: GrowthConfig, steps: int, source: str) -> None:
     if g.symmetry_split is not None and (not isinstance(g.symmetry_split, (int, float))
                                          or isinstance(g.symmetry_split, bool) or not 0 <= g.symmetry_split < 1):
         raise ConfigError(f"{source}: growth.symmetry_split must be a number in [0, 1), got {g.symmetry_split!r}")
+    if g.symmetry_noise is not None and (not isinstance(g.symmetry_noise, (int, float))
+                                         or isinstance(g.symmetry_noise, bool) or not 0 <= g.symmetry_noise < 1):
+        raise ConfigError(f"{source}: growth.symmetry_noise must be a number in [0, 1), got {g.symmetry_noise!r}")
     if g.always_grow is not None and not isinstance(g.always_grow, bool):
         raise ConfigError(f"{source}: growth.always_grow must be true or false, got {g.always_grow!r}")
     if g.depth_init not in (None, "copy", "fresh"):

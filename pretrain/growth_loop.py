@@ -80,7 +80,7 @@ def pim_of(cfg: RunConfig) -> PIM:
     """growth.pim_*; an unset one takes growth/pim.py's default, which lives only there."""
     g = cfg.growth
     keys = (("m", g.pim_m), ("source", g.pim_source), ("seed", g.pim_seed), ("inherit", g.pim_inherit),
-            ("split", g.symmetry_split), ("depth_init", g.depth_init))
+            ("split", g.symmetry_split), ("noise", g.symmetry_noise), ("depth_init", g.depth_init))
     return PIM(**{k: v for k, v in keys if v is not None})
 
 

@@ -121,7 +121,8 @@ def _growths(ref: dict) -> list[dict]:
 def arm_overrides(plan: Plan, arm: Arm, out: Path) -> tuple[list[str], dict]:
     """(run overrides after the plan's own, facts to record): the kind-specific part of an arm's command."""
     common = [f"train.seed={arm.seed}", f"train.out_dir={out / arm.name}", f"train.save_every={plan.heldout.every}"]
-    cfg = base_config(plan, arm.overrides)
+    own_first = ["growth.mode=steps"] if arm.kind == "fixed" else []  # a fixed arm's written growth is not auto
+    cfg = base_config(plan, [*own_first, *arm.overrides])
     sps = samples_per_step(cfg, plan.nproc)
     facts: dict = {"samples_per_step": sps}
     if arm.kind == "auto":
@@ -129,7 +130,7 @@ def arm_overrides(plan: Plan, arm: Arm, out: Path) -> tuple[list[str], dict]:
             raise PlanError(f"{arm.name}: kind auto needs growth.mode=auto in the config or overrides")
         return [*arm.overrides, *common], {**facts, "steps": cfg.train.steps, "stage_steps": cfg.data.stage_steps}
     if arm.kind == "fixed":  # the config and the arm's own overrides; growth only where they write one
-        return (["growth.mode=steps", *arm.overrides, *common],
+        return ([*own_first, *arm.overrides, *common],
                 {**facts, "steps": cfg.train.steps, "stage_steps": cfg.data.stage_steps})
     ref = read_train(out / arm.ref)
     budget = ref["flops_total"]

@@ -44,7 +44,7 @@ def trained_source(arch, steps=3):
     return model, opt
 
 
-def grow_with_optimizer(src_arch, move, split=0.5, depth_init="fresh"):
+def grow_with_optimizer(src_arch, move, split=0.5, depth_init="fresh", noise=0.0):
     """The grown model and an AdamW loaded with the grown universal state (fp32, moments, step)."""
     dst_arch = Moves.parse(move).apply(src_arch)
     model, opt = trained_source(src_arch)
@@ -54,7 +54,8 @@ def grow_with_optimizer(src_arch, move, split=0.5, depth_init="fresh"):
     avg_sq = {n: opt.state[p]["exp_avg_sq"].clone() for n, p in params.items()}
     step = opt.state[params["logit_scale"]]["step"].clone()
     plan, init = plan_growth(src_arch, dst_arch, split=split, depth_init=depth_init), fresh_init(dst_arch, 0)
-    grown = {n: grow_parameter(t, source_of(t, fp32), source_of(t, avg), source_of(t, avg_sq), init[n], PIM(1.0))
+    pim = PIM(1.0, split=split, noise=noise)
+    grown = {n: grow_parameter(t, source_of(t, fp32), source_of(t, avg), source_of(t, avg_sq), init[n], pim)
              for n, t in plan.items()}
     dst = load(dst_arch, {n: g["fp32"] for n, g in grown.items()})
     dst_opt = adamw(dst)

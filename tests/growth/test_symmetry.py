@@ -176,3 +176,54 @@ def test_fresh_blocks_are_still_available():
 def test_plan_refuses_bad_settings(kwargs, message):
     with pytest.raises(GrowthError, match=message):
         plan_growth(tiny_arch(), tiny_arch(), **kwargs)
+
+
+# ---- antithetic symmetry-breaking noise (PIM.noise) ------------------------------------------------------------
+@pytest.mark.parametrize("split", [0.0, 0.5])
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_antithetic_coefficients_cancel_in_the_readers_shares(split, k):
+    m = IndexMap.tile(5, 5 * k)
+    d, frac = m.antithetic(split), m.fractions(split)
+    for i in range(5):
+        copies = m.src == i
+        assert abs(float((frac[copies] * d[copies]).sum())) < 1e-12  # the readers see no first-order change
+        assert float(d[copies].abs().min()) > 0 or k == 3  # k = 3, split 0: the middle copy has c_r = 0
+    assert not IndexMap.identity(4).antithetic(split).any()  # single units get no noise
+    assert not m.fan_in(split).antithetic(split).any()  # nor the readers' (fan-in) side
+
+
+@pytest.mark.parametrize("split", [0.0, 0.5])
+def test_symmetry_noise_changes_the_function_only_at_second_order(split):
+    """Loss change of the grown model with noise sigma: ~sigma^2 (10x sigma -> ~100x change), zero without."""
+    src_arch = tiny_arch()
+    src = random_model(src_arch)
+    dst_arch = Moves.parse("vision.layers*=2,text.width*=2,vision.width*=2").apply(src_arch)
+    batch = fixed_batch(src_arch, n=8, seed=1)
+    with torch.no_grad():
+        base = loss_of(src, batch).item()
+    change = {}
+    for sigma in (0.0, 0.01, 0.1):
+        plan = plan_growth(src_arch, dst_arch, split=split, depth_init="copy")
+        weights = grow_weights(plan, dict(src.named_parameters()), fresh_init(dst_arch, 0),
+                               PIM(split=split, noise=sigma))
+        with torch.no_grad():
+            change[sigma] = abs(loss_of(load(dst_arch, weights), batch).item() - base)
+    assert change[0.0] <= TOL
+    if split == 0.0:  # second order: ~1/100 (measured 1.1e-4 at 0.01 against 1.4e-2 at 0.1)
+        assert change[0.01] < 1e-3 and change[0.01] < 0.02 * change[0.1], change
+    else:  # unequal shares cannot also keep the copies' sum, which LayerNorm's mean reads: a first-order term
+        assert change[0.01] < 5e-3 and change[0.01] < 0.1 * change[0.1], change  # measured 2.5e-3, 4.4e-2
+
+
+def test_symmetry_noise_is_seeded_and_checked():
+    src_arch = tiny_arch()
+    src = random_model(src_arch)
+    dst_arch = Moves.parse("text.width*=2").apply(src_arch)
+    plan = plan_growth(src_arch, dst_arch, split=0.5)
+    grow = [grow_weights(plan, dict(src.named_parameters()), fresh_init(dst_arch, 0), PIM(noise=0.1, seed=s))
+            for s in (0, 0, 1)]
+    name = "transformer.resblocks.0.mlp.c_fc.weight"
+    assert torch.equal(grow[0][name], grow[1][name]) and not torch.equal(grow[0][name], grow[2][name])
+    for bad in (-0.1, 1.0, True):
+        with pytest.raises(GrowthError, match="PIM noise"):
+            PIM(noise=bad)
