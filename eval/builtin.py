@@ -23,13 +23,12 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from pretrain.data.manifest import load_shards
+from pretrain.data.pipeline import read_shard
 from pretrain.data.sources import fashion_mnist as fmnist
 from pretrain.data.sources import mnist as mnist_source
 from pretrain.data.sources import openclipart
 from pretrain.data.sources import synthetic as synthetic_source
-
-from pretrain.data.manifest import load_shards
-from pretrain.data.pipeline import read_shard
 
 from .data import Classification, EvalDataError, LinearProbe, Retrieval, TaskUnavailable, captioned_images
 

@@ -12,7 +12,9 @@ linear sum, and with it the grown function, is unchanged. A source index copied 
 (0-based, in target order) the fraction (1 + s·c_r)/k with c_r = (2r − (k−1))/(k−1), i.e. c runs evenly from −1
 to +1 (k = 2, s = 0.5: 0.25 and 0.75); k = 1 keeps 1. s = 0 is plain tiling (1/k each), whose copies AdamW
 keeps bit-identical forever: identical copies get identical gradients. With s > 0 the copies' gradients differ
-(the consumers weigh them differently), so training separates them.
+(the consumers weigh them differently), but mostly by a scale that Adam normalises away, so they separate slowly
+(through LayerNorm). Antithetic noise (`antithetic`, `TensorMap.noise`) makes the copies compute different
+things while the readers' shares cancel it to first order.
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ read them (growth/index_map.py IndexMap.fan_in; 0 is plain tiling, whose copies 
 `depth_init` (default "copy"), a new block's non-residual weights copied from the old block it follows, or
 "fresh" (θ_init); its residual outputs are zero either way, so both are exact (growth/plan.py). The defaults
 follow the method doc's "What makes growth pay" (break symmetry losslessly; stack) and are not yet tuned by a
-measurement.
+measurement. `noise` (default 0): antithetic noise on the weights that write duplicated units, first-order
+exact (growth/index_map.py `IndexMap.antithetic`; growth/README.md, "Symmetry breaking").
 """
 from __future__ import annotations
 

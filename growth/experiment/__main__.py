@@ -1,4 +1,4 @@
-"""python -m growth.experiment --plan PLAN.yaml --out DIR [--smoke] [--arms A-s0,B-s0] [--dry-run]
+"""python -m growth.experiment --plan PLAN.yaml --out DIR [--smoke] [--arms A-s0,B-s0] [--dry-run] [--device cuda]
 python -m growth.experiment --report DIR [--md docs/results/growclip-offline.md]
 
 Runs (or resumes) an experiment plan, arm by arm, into run folders under DIR; or writes the report of DIR.
@@ -20,6 +20,9 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true", help="the plan's smoke section: every arm for a few steps")
     p.add_argument("--arms", help="comma list of run folders (NAME-sSEED) to run; default all")
     p.add_argument("--dry-run", action="store_true", help="list the arms, their order and dependencies")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the held-out curves and evals run; cuda needs a GPU (a GPU plan: "
+                        "configs/experiments/growth-pays-gpu.yaml)")
     p.add_argument("--report", metavar="DIR", help="write the report of an experiment folder")
     p.add_argument("--md", help="report path (default docs/results/<plan name>.md; PNGs in a folder beside it)")
     args = p.parse_args(argv)
@@ -49,7 +52,8 @@ def main(argv=None) -> int:
                 print(f"{a.name:24s} {a.kind:12s} {a.group:9s} {shlex.join(a.overrides)}{dep}")
             return 0
         only = args.arms.split(",") if args.arms else None
-        finished = run_plan(args.plan, args.out, args.smoke, only, ["python", "-m", "growth.experiment", *argv])
+        finished = run_plan(args.plan, args.out, args.smoke, only, ["python", "-m", "growth.experiment", *argv],
+                            device=args.device)
         print(f"[experiment] {len(finished)} arm(s) finished in this invocation; report: "
               f"python -m growth.experiment --report {args.out}")
     except (PlanError, FileNotFoundError, RuntimeError) as e:

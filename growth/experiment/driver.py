@@ -245,7 +245,7 @@ def train_inprocess(plan: Plan, out: Path, todo: list[Arm], smoke: bool, echo=pr
         raise RuntimeError(f"the training launch failed (exit {rc}); the next invocation resumes. Log tail:\n{tail}")
 
 
-def heldout_phase(plan: Plan, out: Path, arm: Arm, batches: H.Batches) -> None:
+def heldout_phase(plan: Plan, out: Path, arm: Arm, batches: H.Batches, device: str = "cpu") -> None:
     run = out / arm.name
     if (run / H.HELDOUT_JSONL).is_file():
         return
@@ -254,28 +254,28 @@ def heldout_phase(plan: Plan, out: Path, arm: Arm, batches: H.Batches) -> None:
     if arm.fork:
         fork_step = json.loads((fork_dir(out, arm.fork) / "fork.json").read_text())["step"]
         inherited = [dict(r, inherited_from=arm.fork) for r in H.read(out / arm.fork) if r["step"] <= fork_step]
-    rows = H.evaluate_run(run, batches, A.flops_curve(run), inherited)
+    rows = H.evaluate_run(run, batches, A.flops_curve(run), inherited, device=device)
     H.write(run, rows)
     log_wall(run, "heldout", time.time() - t0, points=len(rows), cpu_s=round(cpu_seconds() - c0, 1))
 
 
-def eval_args(plan: Plan, out: Path, arm: Arm, dest: Path) -> list[str]:
+def eval_args(plan: Plan, out: Path, arm: Arm, dest: Path, device: str = "cpu") -> list[str]:
     args = ["--checkpoint", str(out / arm.name), "--tasks", plan.tasks_of(arm), "--out", str(dest),
-            "--batch-size", str(plan.eval_batch)]
+            "--batch-size", str(plan.eval_batch), "--device", device]
     return args + (["--limit", str(plan.eval_limit)] if plan.eval_limit else [])
 
 
-def eval_phase(plan: Plan, out: Path, arm: Arm, echo=print) -> None:
+def eval_phase(plan: Plan, out: Path, arm: Arm, echo=print, device: str = "cpu") -> None:
     from eval.__main__ import main as eval_main
     run = out / arm.name
     tmp = run / "eval.json.tmp"
-    args = eval_args(plan, out, arm, tmp)
+    args = eval_args(plan, out, arm, tmp, device)
     t0, c0 = time.time(), cpu_seconds()
     rc = eval_main(args)
     if rc not in (0, None) or not tmp.is_file():
         raise RuntimeError(f"{arm.name}: python -m eval {shlex.join(args)} failed ({rc})")
-    (run / "eval_command.txt").write_text(shlex.join(["python", "-m", "eval", *eval_args(plan, out, arm,
-                                                                                         run / "eval.json")]) + "\n")
+    (run / "eval_command.txt").write_text(shlex.join(["python", "-m", "eval", *eval_args(
+        plan, out, arm, run / "eval.json", device)]) + "\n")
     tmp.replace(run / "eval.json")
     log_wall(run, "eval", time.time() - t0, cpu_s=round(cpu_seconds() - c0, 1))
 
@@ -307,15 +307,30 @@ def record_invocation(out: Path, plan: Plan, argv: list[str], key: str, value) -
     path.write_text(json.dumps(data, indent=2))
 
 
+def check_device(device: str) -> None:
+    """`--device cuda` needs a CUDA GPU (training then runs on the GPUs deepspeed finds; nproc is the plan's)."""
+    import torch
+    if device not in ("cpu", "cuda"):
+        raise PlanError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PlanError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
+
+
 def run_plan(plan_path: str | Path, out: str | Path, smoke: bool = False, only: list[str] | None = None,
-             argv: list[str] | None = None, echo=print) -> list[str]:
-    """Run (or resume) the plan; returns the arms finished by this invocation."""
+             argv: list[str] | None = None, echo=print, device: str = "cpu") -> list[str]:
+    """Run (or resume) the plan; returns the arms finished by this invocation. `device`: where the held-out
+    curve and the eval run (training runs where deepspeed's accelerator is: the GPUs when there are any)."""
+    check_device(device)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     plan = open_plan(plan_path, out, smoke, echo)
     selected = [plan.arm(n) for n in only] if only else plan.arms
-    record_invocation(out, plan, argv or [], "start", provenance())
+    gpu = {}
+    if device == "cuda":
+        import torch
+        gpu = {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count()}
+    record_invocation(out, plan, argv or [], "start", {**provenance(), "device": device, **gpu})
     sets = H.prepare(plan.heldout, out, echo)
     batches = H.Batches(sets["sets"], sets["batch"], sets["batches"])
     finished = []
@@ -340,8 +355,8 @@ def run_plan(plan_path: str | Path, out: str | Path, smoke: bool = False, only: 
             make_fork(plan, out, plan.arm(arm.fork), echo)
         if not (run / A.TRAIN_JSON).is_file():
             train_process(plan, out, arm, echo)
-        heldout_phase(plan, out, arm, batches)
-        eval_phase(plan, out, arm, echo)
+        heldout_phase(plan, out, arm, batches, device)
+        eval_phase(plan, out, arm, echo, device)
         if plan.prune:
             prune(out, arm)
         finished.append(arm.name)

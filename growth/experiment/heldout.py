@@ -97,14 +97,14 @@ class Batches:
 
 
 @torch.no_grad()
-def losses(model, batches: dict) -> dict[str, float]:
+def losses(model, batches: dict, device: str = "cpu") -> dict[str, float]:
     from pretrain.loss import clip_loss_torch
     model.eval()
     out = {}
     for name, items in batches.items():
         values = []
         for images, texts in items:
-            image, text, scale = model(images, texts)
+            image, text, scale = model(images.to(device), texts.to(device))
             values.append(clip_loss_torch(image.float(), text.float(), image.float(), text.float(),
                                           scale.float()).item())
         out[name] = sum(values) / len(values)
@@ -119,7 +119,7 @@ def checkpoint_tags(run: Path) -> list[Path]:
 
 
 def evaluate_run(run: Path, batches: Batches, curve: list, inherited: list[dict] = (), done: dict | None = None,
-                 echo=print) -> list[dict]:
+                 echo=print, device: str = "cpu") -> list[dict]:
     """One row per checkpoint of the run (and the inherited rows of a fork, before its own steps): step, samples,
     cumulative FLOPs, each set's loss and their mean. `done`: rows already computed, by step (reused)."""
     from eval.load import load_checkpoint
@@ -132,9 +132,9 @@ def evaluate_run(run: Path, batches: Batches, curve: list, inherited: list[dict]
         if done and step in done:
             rows[step] = done[step]
             continue
-        loaded = load_checkpoint(tag, "live", "cpu")
+        loaded = load_checkpoint(tag, "live", device)
         per_set = losses(loaded.model, batches.get(loaded.tokenizer, loaded.arch.vision.image_size,
-                                                   loaded.arch.text.context))
+                                                   loaded.arch.text.context), device)
         rows[step] = {"step": step, "samples": samples.get(step), "flops": flops_at(curve, step),
                       "loss": per_set, "mean": sum(per_set.values()) / len(per_set),
                       "params": sum(p.numel() for p in loaded.model.parameters())}

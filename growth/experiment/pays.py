@@ -42,6 +42,9 @@ def _f(mean, std=None, digits=4, pct=False):
     return f"{mean * k:.{d}f}" + (f" ± {std * k:.{d}f}" if std is not None else "")
 
 
+EQ_WORDS = {"better": "auto better", "worse": "target better"}
+
+
 def paired_verdict(diffs: list[float]) -> str:
     """'better' | 'worse' | 'tie' for per-seed differences (negative = better), by mean ± std; 'n/a' below 2."""
     if len(diffs) < 2:
@@ -164,7 +167,24 @@ def plot_sets(groups: dict, sets: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_per_set: int) -> list[str]:
+def ablation_rows(ablations: list[dict], groups: dict, target_base: str, reach) -> list[list[str]]:
+    """One-seed arms against the target of their seed: FLOPs / F*, final loss, compute to target."""
+    targets = {a["seed"]: a for a in groups.get(target_base, [])}
+    rows = []
+    for a in ablations:
+        t = targets.get(a["seed"])
+        if not t or not t["train"].get("flops_total"):
+            continue
+        f_star = t["train"]["flops_total"]
+        hit = reach(a["heldout"], t["final_loss"])
+        moves = "; ".join(f"{g['step']}: {g['move']}" for g in a["train"].get("growths", [])) or "no growth"
+        rows.append([a["name"], a.get("label") or "", moves, f"{a['train']['flops_total'] / f_star:.3f}",
+                     _f(a["final_loss"]), f"{hit / f_star:.3f}" if hit is not None else "not reached"])
+    return rows
+
+
+def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_per_set: int,
+            ablations: list[dict] = ()) -> list[str]:
     """The report's first sections, the two PNGs and summary.json (figs/summary.json)."""
     target_base, start_base = exp.get("target"), exp.get("start")
     auto_base = next((b for b, runs in groups.items() if runs[0]["kind"] == "auto"), None)
@@ -174,16 +194,18 @@ def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_p
     cap = capacity(groups.get(start_base, []), groups.get(target_base, []), sets) \
         if start_base and target_base else None
     if cap:
-        arch = {b: groups[b][0]["train"].get("final_arch") for b in (start_base, target_base)}
+        from .report import arch_text
+        arch = {b: arch_text(groups[b][0]["train"].get("final_arch")) for b in (start_base, target_base)}
         gf = {b: groups[b][0]["train"].get("gflops_final") for b in (start_base, target_base)}
         ratio = gf[target_base] / gf[start_base] if gf[start_base] and gf[target_base] else None
         rows = [[f"seed {s['seed']}", _f(s["final_loss"]), _f(t["final_loss"]), _f(s["final_loss"] - t["final_loss"])]
                 for s, t in cap["pairs"]]
         rows.append(["**mean ± std**", _f(*cap["start"]), _f(*cap["target"]), _f(cap["mean"])])
         lines += ["## 1. Capacity check (before any growth claim)", "",
-                  f"`{start_base}` ({gf[start_base]:.4f} forward GFLOPs per pair) against `{target_base}` "
-                  f"({gf[target_base]:.4f}, {ratio:.1f}x), both trained from scratch on the same stream and "
-                  f"steps. Held-out loss: mean over the sets, {pairs_per_set} pairs each.", "",
+                  f"`{start_base}` ({arch[start_base]}; {gf[start_base]:.4f} forward GFLOPs per pair) against "
+                  f"`{target_base}` ({arch[target_base]}; {gf[target_base]:.4f}, {ratio:.1f}x), both trained "
+                  f"from scratch on the same stream and steps. Held-out loss: mean over the sets, {pairs_per_set} "
+                  "pairs each.", "",
                   _table(["seed", f"{start_base} (start)", f"{target_base} (target)", "start − target"], rows), "",
                   f"**The capacity check {'holds' if cap['holds'] else 'does NOT hold'}**: the target is lower on "
                   f"{sum(d > 0 for d in cap['diffs'])}/{len(cap['diffs'])} seeds, by {_f(cap['mean'])} on average "
@@ -209,20 +231,28 @@ def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_p
                          _f(*_ms(diffs), 3), said])
         lines += ["## 2. Compute to reach the target's final held-out loss", "",
                   f"Per seed: the FLOPs at which the arm's held-out curve first reaches `{target_base}`'s final "
-                  "held-out loss (every FLOP counted: small phases, searches, conversions are free of FLOPs), as a "
+                  "held-out loss (every FLOP counted: the small phases and the searches; converting a checkpoint "
+                  "computes no FLOPs), as a "
                   "fraction of the target's own training FLOPs. Paired difference d = fraction − 1 per seed; "
                   "**tie rule**: better when mean(d) + std(d) < 0, worse when mean(d) − std(d) > 0, else a tie.", "",
                   _table(["arm", "per seed", "mean ± std", "saving", "paired d (mean ± std)", "verdict"], rows,
                          "---|---|---:|---:|---:|---"), ""]
         plot_fractions(ctt, list(ctt), figs / "compute_to_target.png")
         lines += [f"![compute to target]({figs.name}/compute_to_target.png)", ""]
+        rows = ablation_rows(list(ablations), groups, target_base, reach)
+        if rows:
+            lines += ["One-seed arms (growth timing, forced growth with one setting changed, search settings), "
+                      f"against `{target_base}` of the same seed (one seed: no noise estimate of their own; the "
+                      "main arms' stds above are the yardstick):", "",
+                      _table(["arm", "what", "growths (step: move)", "FLOPs / target's", "final held-out loss",
+                              "compute to target"], rows, "---|---|---|---:|---:|---:"), ""]
     eq = equal_flops(groups.get(auto_base, []), groups.get(target_base, [])) if auto_base and target_base else []
     eq_said = paired_verdict([a - t for _, a, t in eq]) if eq else "n/a"
     if eq:
         rows = [[f"seed {s}", _f(a), _f(t), _f(a - t)] for s, a, t in eq]
         lines += ["## 3. The automatic arm against the target at equal FLOPs", "",
                   _table(["seed", f"{auto_base} final", f"{target_base} at the same FLOPs", "Δ"], rows), "",
-                  f"Verdict (same tie rule, lower is better): **{ {'better': 'auto better', 'worse': 'target better'}.get(eq_said, eq_said)}**. "
+                  f"Verdict (same tie rule, lower is better): **{EQ_WORDS.get(eq_said, eq_said)}**. "
                   "The target's point is mid-run: its learning rate has not decayed there, so this comparison "
                   "favours the automatic arm; the compute-to-target table above has no such bias.", ""]
     if groups and sets:

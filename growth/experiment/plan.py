@@ -20,7 +20,7 @@ KINDS = ("auto", "fixed", "fixed_small", "fixed_final", "hand")
 COMPUTE = ("equal_flops", "equal_steps")
 SCHEDULES = ("once", "replay")
 TOP_KEYS = {"name", "description", "launch", "nproc", "config", "deepspeed_config", "overrides", "seeds", "eval",
-            "heldout", "prune", "arms", "smoke", "tiny_data", "estimate", "compute", "target", "start", "vars"}
+            "heldout", "prune", "arms", "smoke", "tiny_data", "estimate", "compute", "target", "start", "vars", "only"}
 ARM_KEYS = {"name", "kind", "seeds", "group", "overrides", "ref", "fork", "schedule", "label"}
 
 
@@ -164,7 +164,13 @@ def load_plan(path: str | Path, smoke: bool = False, variables: dict | None = No
         raise PlanError(f"{path}: launch must be process or inprocess, got {plan.launch!r}")
     if plan.compute not in COMPUTE:
         raise PlanError(f"{path}: compute must be one of {COMPUTE}, got {plan.compute!r}")
-    plan.arms = order(_expand(raw.get("arms") or [], plan, path))
+    arms = raw.get("arms") or []
+    if raw.get("only") is not None:  # a subset of the arms (the smoke plan's: one of each mechanism)
+        known = {a.get("name") for a in arms if isinstance(a, dict)}
+        if not isinstance(raw["only"], list) or set(raw["only"]) - known:
+            raise PlanError(f"{path}: only lists arms of the plan, got {raw['only']!r}")
+        arms = [a for a in arms if a.get("name") in raw["only"]]
+    plan.arms = order(_expand(arms, plan, path))
     for key in ("target", "start"):
         if getattr(plan, key) is not None and getattr(plan, key) not in {a.base for a in plan.arms}:
             raise PlanError(f"{path}: {key} {getattr(plan, key)!r} is not an arm of the plan")

@@ -276,7 +276,7 @@ def write_report(out: Path, md: Path | None = None) -> Path:
         meta = {**exp, "commit": commits[-1] if commits else None,
                 "synthetic": "synthetic" in json.dumps(sets["sets"])}
         lines += pays.section(meta, groups, list(sets["sets"]), figs, compute_to_reach,
-                              sets["batch"] * sets["batches"])
+                              sets["batch"] * sets["batches"], ablations)
     # main arms
     if groups:
         seeds = max(len(v) for v in groups.values())
@@ -411,9 +411,12 @@ def write_report(out: Path, md: Path | None = None) -> Path:
     lines += [f"- Report: `python -m growth.experiment --report {out}" + (f" --md {md}`" if md else "`"),
               f"- Machine: {first.get('cpu', '?')}, {first.get('cores', '?')} cores, {first.get('mem_gib', '?')} GiB, "
               f"{first.get('machine', '?')}; Python {first.get('python', '?')}, torch {first.get('torch', '?')}, "
-              f"DeepSpeed {first.get('deepspeed', '?')}; load average at start "
+              f"DeepSpeed {first.get('deepspeed', '?')}"
+              + (f"; GPU: {first.get('gpus')} x {first.get('gpu')}" if first.get("gpu") else "")
+              + "; load average at start "
               f"{', '.join(f'{x:.1f}' for x in first.get('loadavg', []))} (1, 5, 15 min).",
-              f"- Launch: `{exp.get('launch')}` on {exp.get('nproc')} ranks (gloo, CPU)"
+              f"- Launch: `{exp.get('launch')}` on {exp.get('nproc')} ranks "
+              + ("(NCCL, GPU)" if first.get("device") == "cuda" else "(gloo, CPU)")
               + (" — every arm trained in one deepspeed launch (growth/experiment/worker.py)"
                  if exp.get("launch") == "inprocess" else " — one deepspeed launch per arm") + ".", ""]
     rows = []

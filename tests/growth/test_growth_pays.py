@@ -8,14 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from growth.experiment import pays
+from growth.experiment.driver import check_device
 from growth.experiment.plan import PlanError, load_plan
 from growth.experiment.report import compute_to_reach, write_report
 from tests.conftest import ROOT
 
 PLAN = ROOT / "configs" / "experiments" / "growth-pays.yaml"
 OFFLINE = ROOT / "configs" / "experiments" / "growth-pays-offline.yaml"
+GPU = ROOT / "configs" / "experiments" / "growth-pays-gpu.yaml"
 
 
 def test_the_plans_put_the_capacity_check_first():
@@ -28,15 +31,28 @@ def test_the_plans_put_the_capacity_check_first():
         hand = next(a for a in plan.arms if a.base == "hand")
         assert hand.kind == "fixed" and any(o.startswith("growth.at_steps=[") for o in hand.overrides)
     smoke = load_plan(PLAN, smoke=True, variables={"TINY": "/tmp/tiny"})
-    assert {a.base for a in smoke.arms} == {a.base for a in load_plan(PLAN).arms}
+    kinds = {(a.kind, bool(a.fork)) for a in load_plan(PLAN).arms}
+    assert {(a.kind, bool(a.fork)) for a in smoke.arms} == kinds  # one arm of every mechanism
+    assert {a.base for a in smoke.arms} < {a.base for a in load_plan(PLAN).arms}
     assert "growth.at_steps=[3]" in next(a for a in smoke.arms if a.base == "hand").overrides  # vars: GROW_AT
+
+
+def test_the_gpu_plan_loads_and_needs_a_gpu():
+    plan = load_plan(GPU)
+    assert plan.nproc == 1 and plan.launch == "inprocess" and plan.target == "fixed-target"
+    assert {a.base for a in plan.arms} == {"fixed-target", "fixed-start", "auto", "hand"}
+    if not torch.cuda.is_available():
+        with pytest.raises(PlanError, match="no CUDA device"):
+            check_device("cuda")
+    with pytest.raises(PlanError, match="cpu or cuda"):
+        check_device("tpu")
 
 
 def test_bad_protocol_keys_name_the_problem(tmp_path):
     base = PLAN.read_text()
     cases = {"compute: equal_steps": ("compute: equal_time", "compute must be one of"),
              "target: fixed-target": ("target: nobody", "target 'nobody' is not an arm"),
-             "vars: {GROW_AT: 200}": ("vars: [1, 2]", "vars is a mapping")}
+             "vars: {GROW_AT: 200, GROW_EARLY: 100, GROW_LATE: 400}": ("vars: [1, 2]", "vars is a mapping")}
     for old, (new, message) in cases.items():
         bad = tmp_path / "bad.yaml"
         bad.write_text(base.replace(old, new))
