@@ -63,6 +63,8 @@ MIX = 8  # streams a proxy batch is drawn from
 
 @dataclass(frozen=True)
 class SearchConfig:
+    # candidates 3 and K = 20 kept by docs/results/growth-pays.md ("Defaults set from these tables"): 40 proxy
+    # steps made the same decision, one candidate chose the same move
     candidates: int = 3          # at most this many are proxy-trained (growth/candidates.py: select)
     proxy_steps: int = 20        # K
     proxy_batch: int = 64

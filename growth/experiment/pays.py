@@ -100,6 +100,21 @@ def compute_to_target(groups: dict, target_base: str, reach) -> dict:
     return out
 
 
+def target_to_arm(groups: dict, target_base: str, reach) -> dict:
+    """{arm: {seed: the target's FLOPs to reach the arm's final loss / the arm's FLOPs, or None}}: the other way
+    round, where an arm never reaches the target: below 1, the fixed target got to that arm's loss cheaper."""
+    targets = {a["seed"]: a for a in groups.get(target_base, [])}
+    out = {}
+    for base, runs in groups.items():
+        out[base] = {}
+        for r in runs:
+            t = targets.get(r["seed"])
+            if t and r["final_loss"] is not None and r["train"].get("flops_total"):
+                hit = reach(t["heldout"], r["final_loss"])
+                out[base][r["seed"]] = hit / r["train"]["flops_total"] if hit is not None else None
+    return out
+
+
 def equal_flops(auto: list[dict], target: list[dict]) -> list[tuple[int, float, float]]:
     """(seed, auto's final loss, target's loss at auto's total FLOPs) per seed."""
     by_seed = {a["seed"]: a for a in target}
@@ -178,8 +193,10 @@ def ablation_rows(ablations: list[dict], groups: dict, target_base: str, reach) 
         f_star = t["train"]["flops_total"]
         hit = reach(a["heldout"], t["final_loss"])
         moves = "; ".join(f"{g['step']}: {g['move']}" for g in a["train"].get("growths", [])) or "no growth"
+        back = reach(t["heldout"], a["final_loss"]) if a["final_loss"] is not None else None
         rows.append([a["name"], a.get("label") or "", moves, f"{a['train']['flops_total'] / f_star:.3f}",
-                     _f(a["final_loss"]), f"{hit / f_star:.3f}" if hit is not None else "not reached"])
+                     _f(a["final_loss"]), f"{hit / f_star:.3f}" if hit is not None else "not reached",
+                     f"{back / a['train']['flops_total']:.3f}" if back is not None else "–"])
     return rows
 
 
@@ -188,9 +205,10 @@ def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_p
     """The report's first sections, the two PNGs and summary.json (figs/summary.json)."""
     target_base, start_base = exp.get("target"), exp.get("start")
     auto_base = next((b for b, runs in groups.items() if runs[0]["kind"] == "auto"), None)
-    lines = ["**Data: SYNTHETIC.** The held-out sets and the training stream are procedurally generated "
-             "(`python -m pretrain.data.prepare synthetic`; their manifests say `synthetic: true`), not real "
-             "image-text data.", ""] if exp.get("synthetic") else []
+    synthetic = ["**Data: SYNTHETIC.** The held-out sets and the training stream are procedurally generated "
+                 "(`python -m pretrain.data.prepare synthetic`; their manifests say `synthetic: true`), not real "
+                 "image-text data.", ""] if exp.get("synthetic") else []
+    lines = []
     cap = capacity(groups.get(start_base, []), groups.get(target_base, []), sets) \
         if start_base and target_base else None
     if cap:
@@ -216,6 +234,7 @@ def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_p
                   _table(["set", start_base, target_base], rows), ""]
     ctt = compute_to_target(groups, target_base, reach) if target_base else {}
     verdicts = {}
+    back = target_to_arm(groups, target_base, reach) if target_base else {}
     if ctt:
         rows = []
         for base, per in ctt.items():
@@ -228,15 +247,20 @@ def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_p
                               for s, v in sorted(per.items()))
             m, s = _ms(fr)
             rows.append([f"**{base}**", seeds, _f(m, s, 3), _f(1 - m, None, 3) if m is not None else "–",
-                         _f(*_ms(diffs), 3), said])
+                         _f(*_ms(diffs), 3), said, _f(*_ms(list(back.get(base, {}).values())), 3)])
         lines += ["## 2. Compute to reach the target's final held-out loss", "",
                   f"Per seed: the FLOPs at which the arm's held-out curve first reaches `{target_base}`'s final "
                   "held-out loss (every FLOP counted: the small phases and the searches; converting a checkpoint "
                   "computes no FLOPs), as a "
                   "fraction of the target's own training FLOPs. Paired difference d = fraction − 1 per seed; "
                   "**tie rule**: better when mean(d) + std(d) < 0, worse when mean(d) − std(d) > 0, else a tie.", "",
-                  _table(["arm", "per seed", "mean ± std", "saving", "paired d (mean ± std)", "verdict"], rows,
-                         "---|---|---:|---:|---:|---"), ""]
+                  _table(["arm", "per seed", "mean ± std", "saving", "paired d (mean ± std)", "verdict",
+                          "target's FLOPs to this arm's final loss / this arm's FLOPs"], rows,
+                         "---|---|---:|---:|---:|---|---:"), "",
+                  "The last column asks the question the other way round, for arms that never reach the target: "
+                  f"how much of its own compute `{target_base}` needed to reach the arm's final held-out loss (its "
+                  "curve, linear between points), per seed, mean ± std. Below 1, training the target from scratch "
+                  "reached that loss with fewer FLOPs than the arm spent.", ""]
         plot_fractions(ctt, list(ctt), figs / "compute_to_target.png")
         lines += [f"![compute to target]({figs.name}/compute_to_target.png)", ""]
         rows = ablation_rows(list(ablations), groups, target_base, reach)
@@ -245,7 +269,8 @@ def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_p
                       f"against `{target_base}` of the same seed (one seed: no noise estimate of their own; the "
                       "main arms' stds above are the yardstick):", "",
                       _table(["arm", "what", "growths (step: move)", "FLOPs / target's", "final held-out loss",
-                              "compute to target"], rows, "---|---|---|---:|---:|---:"), ""]
+                              "compute to target", "target's FLOPs to its loss / its FLOPs"], rows,
+                             "---|---|---|---:|---:|---:|---:"), ""]
     eq = equal_flops(groups.get(auto_base, []), groups.get(target_base, [])) if auto_base and target_base else []
     eq_said = paired_verdict([a - t for _, a, t in eq]) if eq else "n/a"
     if eq:
@@ -273,8 +298,34 @@ def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_p
                "capacity_check_holds": cap["holds"] if cap else None,
                "capacity_gap_mean": cap["mean"] if cap else None, "capacity_noise": cap["noise"] if cap else None,
                "arms": {b: {"compute_to_target": {str(k): v[0] for k, v in sorted(p.items())},
+                            "target_to_arm_loss": {str(k): v for k, v in sorted(back.get(b, {}).items())},
                             "total_over_target": {str(k): v[1] for k, v in sorted(p.items())},
                             "verdict": verdicts.get(b)} for b, p in ctt.items()}}
     figs.mkdir(parents=True, exist_ok=True)
     (figs / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return lines
+    return synthetic + headline(summary, ctt, verdicts, cap) + lines
+
+
+def headline(summary: dict, ctt: dict, verdicts: dict, cap: dict | None) -> list[str]:
+    """The report's opening lines: the capacity check's verdict and compute to target of every main arm."""
+    out = ["## Headline", ""]
+    if cap is not None:
+        out.append(f"- Capacity check: **{'holds' if cap['holds'] else 'does not hold'}** (start − target "
+                   f"{_f(cap['mean'])}, seed noise {_f(cap['noise'])}; table 1)."
+                   + ("" if cap["holds"] else " No growth claim is made."))
+    for base, per in ctt.items():
+        if base == summary["target_arm"]:
+            continue
+        fr = [v[0] for v in per.values() if v[0] is not None]
+        if len(fr) == len(per) and fr:
+            m, s = _ms(fr)
+            said = f"{_f(m, s, 3)} of the target's compute ({verdicts.get(base)})"
+        else:
+            spent = _ms([v[1] for v in per.values()])[0]
+            said = (f"not reached on {len(per) - len(fr)}/{len(per)} seeds (it spent {spent:.3f} of the target's "
+                    "compute)")
+        out.append(f"- Compute to reach `{summary['target_arm']}`'s final held-out loss, `{base}`: {said}.")
+    eq = summary["auto_beats_target_at_equal_flops"]
+    out += [f"- `{summary['auto_arm']}` against the target at equal FLOPs: "
+            f"{ {True: 'auto better', False: 'target better'}.get(eq, eq)} (table 3, and its caveat).", ""]
+    return out

@@ -54,6 +54,7 @@ def read_arm(run: Path) -> dict:
                 scores[transfer_key(d)] = m["transfer_acc1"]
         elif rec.get("task") == "zeroshot_retrieval":
             scores.update({k: m.get(k) for k, _ in RETRIEVAL})
+            scores["retrieval_set"] = rec.get("dataset")
     zs = [scores[k] for k, _ in ZEROSHOT if scores.get(k) is not None]
     scores["zs_avg"] = sum(zs) / len(zs) if zs else None
     scores["zs_tasks"] = [k for k, _ in ZEROSHOT if scores.get(k) is not None]
@@ -305,21 +306,33 @@ def write_report(out: Path, md: Path | None = None) -> Path:
                   "the next column averages all the zero-shot tasks of the arm (the paper's summary number where "
                   "the plan evaluates all five: Fashion-MNIST, MNIST, CIFAR-10/100 and ImageNet foolbox samples).",
                   ""]
+        runs_all = [r for runs in groups.values() for r in runs]
+        columns = [(k, n) for k, n in per_task_columns() + RETRIEVAL
+                   if any(r["scores"].get(k) is not None for r in runs_all)]  # tasks no arm ran are left out
         rows = []
         for base, runs in groups.items():
             row = [f"**{base}**"]
-            for key, _ in per_task_columns() + RETRIEVAL:
+            for key, _ in columns:
                 row.append(fmt(*mean_std([r["scores"].get(key) for r in runs])[:2], pct=True))
             rows.append(row)
-        lines += ["Per task (%; Fashion-MNIST and MNIST: in-domain, prompted with the templates of their training "
-                  "captions; † = the same MNIST test images with CLIP_benchmark's prompt 'a photo of the number: "
-                  "\"{c}\".', which no training caption resembles: transfer to standard prompts, not in the "
-                  "averages; * = foolbox's 20 sample images, CLIP_benchmark class names and templates; "
-                  "retrieval on the 263 held-out OpenClipArt pairs); '–': not evaluated for this arm (the plan's "
-                  "eval.extra) or skipped by python -m eval (data not fetched; for † or MNIST also: an eval.json "
-                  "from before the in-domain prompts, whose MNIST score is CLIP_benchmark's prompt's and is shown "
-                  "under †):", "",
-                  table(["arm"] + [n for _, n in per_task_columns()] + [n for _, n in RETRIEVAL], rows), ""]
+        shown = {k for k, _ in columns}
+        notes = []
+        if shown & {"fashion_mnist", "mnist"}:
+            notes.append("Fashion-MNIST and MNIST: in-domain, prompted with the templates of their training "
+                         "captions; † = the same MNIST test images with CLIP_benchmark's prompt 'a photo of the "
+                         "number: \"{c}\".', which no training caption resembles: transfer to standard prompts, not "
+                         "in the averages")
+        if shown & {"cifar10_foolbox", "cifar100_foolbox", "imagenet_foolbox"}:
+            notes.append("* = foolbox's 20 sample images, CLIP_benchmark class names and templates")
+        if "synthetic_shapes" in shown:
+            notes.append("synthetic shapes: 2,000 fresh stage-1 draws, 72 colour-shape classes, prompted with the "
+                         "captions' prefixes; † = CLIP-style photo prompts, transfer, not in the averages")
+        sets = sorted({r["scores"].get("retrieval_set") for r in runs_all} - {None})
+        if sets:
+            notes.append(f"retrieval on {', '.join(sets)}")
+        lines += [f"Per task (%; {'; '.join(notes)}); '–': not evaluated for this arm (the plan's eval.extra) or "
+                  "skipped by python -m eval (data not fetched):", "",
+                  table(["arm"] + [n for _, n in columns], rows), ""]
         if auto_base in groups:
             lines += ["### Headline comparisons", "",
                       "Δ = automatic − other (mean over seeds). A difference smaller than the larger of the two "
