@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pretrain import checkpoint as ckpt
 from pretrain.arch import Architecture
-from pretrain.data.tokenizer import Tokenizer
+from pretrain.data.tokenizer import Tokenizer, TokenizerError
 from pretrain.data.transforms import eval_transform
 from pretrain.model import CLIP
 from pretrain.model.openclip import arch_from_openclip_config, arch_from_state_dict, import_openclip
@@ -77,7 +77,10 @@ def _tokenizer(path: Path, arch: Architecture, source: Path) -> Tokenizer:
     if not path.is_file():
         raise ckpt.CheckpointError(f"{source}: no tokenizer at {path}; pass --tokenizer PATH (the SentencePiece "
                                    f".model the checkpoint was trained with)")
-    tok = Tokenizer(str(path), arch.text.context)
+    try:
+        tok = Tokenizer(str(path), arch.text.context)
+    except TokenizerError as e:
+        raise ckpt.CheckpointError(f"{e} (the tokenizer of {source})") from None
     if tok.vocab_size != arch.text.vocab:
         raise ckpt.CheckpointError(f"{path}: {tok.vocab_size} token ids, but {source} has text.vocab={arch.text.vocab}")
     return tok

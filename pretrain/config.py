@@ -31,6 +31,8 @@ class DataConfig:
     stages: list = field(default_factory=list)       # data arriving in stages D1 ⊆ D2 ⊆ ...: one shard spec each
     stage_steps: list = field(default_factory=list)  # the step at which each stage after the first arrives
     refresh_every: int = 0           # re-read data.shards (a growing manifest) every N steps; 0: only at start
+    read_attempts: int | None = None  # reads of a remote shard before it is skipped (counted); None: the loader's 3
+    read_backoff: float | None = None  # seconds before the first re-read, doubled after each; None: the loader's 1
 
 
 @dataclass
@@ -223,6 +225,14 @@ def validate(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: train.decay_frac must be in [0, 1], got {t.decay_frac}")
     if t.kernels not in ("auto", "torch", "triton"):
         raise ConfigError(f"{source}: train.kernels must be auto, torch or triton, got {t.kernels!r}")
+    d = cfg.data
+    if d.read_attempts is not None and (isinstance(d.read_attempts, bool) or not isinstance(d.read_attempts, int)
+                                        or d.read_attempts < 1):
+        raise ConfigError(f"{source}: data.read_attempts must be an integer >= 1, got {d.read_attempts!r}")
+    if d.read_backoff is not None and (isinstance(d.read_backoff, bool) or not isinstance(d.read_backoff, (int, float))
+                                       or not 0 <= d.read_backoff <= 3600):
+        raise ConfigError(f"{source}: data.read_backoff must be a number of seconds in [0, 3600], got "
+                          f"{d.read_backoff!r}")
     if cfg.data.order not in ("sharded", "global"):
         raise ConfigError(f"{source}: data.order must be sharded or global, got {cfg.data.order!r}")
     validate_stages(cfg, source)

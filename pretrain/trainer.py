@@ -94,6 +94,11 @@ def prepare_ds_config(ds_config: dict, cfg: RunConfig, universal: bool) -> dict:
     return ds
 
 
+def remote_reads(data) -> dict:
+    """data.read_attempts / data.read_backoff as TrainLoader arguments; unset keys keep the loader's defaults."""
+    return {k: getattr(data, k) for k in ("read_attempts", "read_backoff") if getattr(data, k) is not None}
+
+
 def batch_fingerprint(images: torch.Tensor, texts: torch.Tensor) -> str:
     h = hashlib.sha1(texts.cpu().numpy().tobytes())
     h.update(images.float().cpu().numpy().tobytes())
@@ -244,7 +249,7 @@ class Trainer:
                                   dp_rank=self.dp_rank, dp_world=self.layout.dp, workers=cfg.data.workers,
                                   seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                                   max_pixels=cfg.data.max_pixels, scale=(cfg.data.crop_scale_min, 1.0),
-                                  order=cfg.data.order)
+                                  order=cfg.data.order, **remote_reads(cfg.data))
         self.ema = EMA(cfg.train.ema_decay, cfg.train.ema_warmup)
         self.step = 0
         self.samples_seen = 0  # training pairs consumed over the whole run, through every growth

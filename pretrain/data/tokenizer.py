@@ -132,15 +132,27 @@ def shard_captions(shards: Iterable[str]) -> Iterator[str]:
             continue
 
 
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be read or is not a SentencePiece model: one line naming the file."""
+
+
 class Tokenizer:
     def __init__(self, model_path: str | os.PathLike, context_length: int = 77):
         if context_length < 2:
             raise ValueError("context_length must leave room for sot and eot")
         self.model_path = Path(model_path)
         self.context_length = context_length
-        data = self.model_path.read_bytes()
+        try:
+            data = self.model_path.read_bytes()
+        except OSError as e:
+            raise TokenizerError(f"{self.model_path}: cannot read the tokenizer ({e.strerror or e})") from None
         self.sha256 = hashlib.sha256(data).hexdigest()
-        self._sp = spm.SentencePieceProcessor(model_proto=data)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=data)
+        except (RuntimeError, TypeError) as e:  # sentencepiece: "INTERNAL: ... ParseFromArray" and the like
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            raise TokenizerError(f"{self.model_path}: not a SentencePiece model ({len(data)} bytes; sentencepiece "
+                                 f"says: {reason})") from None
         pieces = self._sp.get_piece_size()
         self.pad_id, self.sot_id, self.eot_id, self.vocab_size = 0, pieces + 1, pieces + 2, pieces + SPECIALS
 
