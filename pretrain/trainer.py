@@ -24,7 +24,7 @@ from .arch import Architecture
 from .config import ConfigError, RunConfig
 from .data.manifest import count_samples, first_missing, load_shards
 from .data.pipeline import TrainLoader
-from .data.tokenizer import Tokenizer
+from .data.tokenizer import load_tokenizer
 from .ema import EMA
 from .loss import ContrastiveLoss
 from .model import CLIP, set_backend
@@ -178,7 +178,7 @@ class Trainer:
         states = ckpt.read_model_states(resume_dir) if resume_dir else None
         client = states[ckpt.CLIENT_KEY] if states else None
         self.arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
-        self.tokenizer = Tokenizer(cfg.data.tokenizer, self.arch.text.context)
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer, self.arch.text.context)
         self._check_compatible(client)
         if cfg.train.eval_every:  # a bad task name stops the run here, not at the first eval
             from eval.data import EvalDataError
@@ -581,7 +581,7 @@ class Trainer:
         data = [s for _, s in sorted({dp: s for reads, dp, s in states if reads}.items())]
         ema = self._ema_state()
         client = {"architecture": self.arch.to_dict(), "step": self.step, "data": data,
-                  "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
+                  "tokenizer_sha256": self.tokenizer.sha256, "tokenizer_kind": self.tokenizer.kind, "ema": ema,
                   "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.layout.dp},
                   "growth_history": self.growth_history, "run_config": self.cfg.to_dict(),
                   "samples": self.samples_seen, "data_samples": self.data_samples,
