@@ -22,10 +22,13 @@ from pretrain.arch import Architecture
 from pretrain.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from pretrain.data.transforms import eval_transform
 from pretrain.model import CLIP
-from pretrain.model.openclip import arch_from_openclip_config, arch_from_state_dict, import_openclip
-
-OPENCLIP_CONFIG = "open_clip_config.json"
-OPENCLIP_WEIGHTS = ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "open_clip_model.pt")
+from pretrain.model.openclip import (
+    OPENCLIP_CONFIG,
+    OPENCLIP_WEIGHTS,
+    arch_from_openclip_config,
+    arch_from_state_dict,
+    import_openclip,
+)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pretrain.arch import ArchitectureError  # noqa: E402
 from pretrain.checkpoint import CheckpointError, check_out_dir  # noqa: E402
 from pretrain.config import ConfigError, _parse_value, _set, load_run_config  # noqa: E402
 from pretrain.data.tokenizer import TokenizerError  # noqa: E402
+from pretrain.init_from import InitError  # noqa: E402
 from pretrain.parallel.layout import LayoutError  # noqa: E402
 
 
@@ -89,7 +90,8 @@ def _main(args) -> int:
         check_out_dir(cfg.train.out_dir)
         from pretrain.growth_loop import GrowingRun
         run = GrowingRun(cfg, ds_config, resume=args.resume)
-    except (ConfigError, ArchitectureError, CheckpointError, LayoutError, FileNotFoundError, TokenizerError) as e:
+    except (ConfigError, ArchitectureError, CheckpointError, LayoutError, FileNotFoundError, TokenizerError,
+            InitError) as e:
         print(f"error: {e}", file=sys.stderr)
         leave_process_group()
         return 2

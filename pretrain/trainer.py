@@ -223,7 +223,7 @@ class Trainer:
             raise ConfigError(str(e)) from e
 
         torch.manual_seed(cfg.train.seed)  # identical full initial weights on every rank, then each takes its shard
-        model = CLIP(self.arch)
+        model = CLIP(self.arch) if resume_dir or not cfg.init_from else self._init_from(cfg.init_from)
         self.params = sum(p.numel() for p in model.parameters())
         model = apply_tensor_parallel(model, self.layout.tp)
         self.uc_info = ckpt.universal_checkpoint_info([n for n, _ in model.named_parameters()], self.arch.text.vocab,
@@ -271,6 +271,16 @@ class Trainer:
             print(f"trainer: kernels attention={self.kernels['attention']} loss={self.kernels['loss']} (record: "
                   f"{self.kernels['record'] or 'none'}), compile={'on' if self.compiled else 'off'}, optimizer="
                   f"{self.optimizer_kind}, fingerprints={'on' if cfg.train.fingerprints else 'off'}", flush=True)
+
+    def _init_from(self, spec: dict) -> CLIP:
+        """A fresh run's first weights from model.init_from (pretrain/init_from.py); a resume never comes here."""
+        from .init_from import build, resolve
+        source = resolve(spec)
+        if source.arch != self.arch:
+            raise ConfigError(f"model.init_from: {source.weights} is {source.arch}, the run config says {self.arch}")
+        if self.rank == 0:
+            print(f"trainer: model.init_from: step 0 from {source.weights} (tokenizer {source.tokenizer})", flush=True)
+        return build(source)
 
     # ---- set-up checks --------------------------------------------------------------------------------
     def _compile_wanted(self, mode: str, zero_stage: int) -> bool:
