@@ -99,7 +99,16 @@ def test_run_from_openclip_trains_resumes_evaluates(tmp_path, tiny_data):
     subprocess.run([sys.executable, "-m", "eval", "--checkpoint", str(a), "--tasks", "fashion_mnist",
                     "--limit", "50", "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
     result = json.loads(out.read_text())[0]
-    assert result["metrics"]["acc1"] >= 0 and result.get("step", 4) == 4
+    assert result["step"] == 4 and result["architecture"]["vision"]["width"] == 64 and 0 <= result["metrics"]["acc1"]
+    # the run exported as an OpenCLIP folder is itself a model.init_from source, with its tokenizer.model
+    export = tmp_path / "export"
+    subprocess.run([sys.executable, "-m", "eval.export", "--checkpoint", str(a), "--out", str(export)], check=True,
+                   capture_output=True, cwd=ROOT)
+    source = resolve({"folder": str(export)})
+    assert load_tokenizer(source.tokenizer).kind == "clip_bpe" and source.tokenizer == export / "tokenizer.model"
+    exported = torch.load(export / "open_clip_pytorch_model.bin", weights_only=True)
+    for name, tensor in build(source).state_dict().items():
+        assert torch.equal(tensor.reshape(exported[name].shape), exported[name]), name
 
 
 def _main(tmp_path, run_cfg, *overrides):
