@@ -9,12 +9,16 @@ import torch
 import yaml
 from open_clip.loss import ClipLoss
 
+from pretrain.arch import Architecture
 from pretrain.data.clip_bpe import bundled_vocab
 from pretrain.data.tokenizer import load_tokenizer
 from pretrain.init_from import build, resolve
 from pretrain.loss import ContrastiveLoss
+from pretrain.model import CLIP
 from pretrain.model.openclip import checked_arch_from_openclip_config
 from tests.conftest import ROOT, launch, metrics, rank_env
+from tests.growth.helpers import TOL
+from tests.growth.runs import first_batches, grown_model, single_process_loss
 
 # a tiny OpenCLIP ViT: open_clip builds it from this config; nothing is downloaded
 TINY = {"embed_dim": 32,
@@ -109,6 +113,53 @@ def test_run_from_openclip_trains_resumes_evaluates(tmp_path, tiny_data):
     exported = torch.load(export / "open_clip_pytorch_model.bin", weights_only=True)
     for name, tensor in build(source).state_dict().items():
         assert torch.equal(tensor.reshape(exported[name].shape), exported[name]), name
+
+
+def test_run_from_openclip_grows_preserving_the_loss(tmp_path, tiny_data):
+    """A run from an OpenCLIP file grows by a written move at step 2 (PIM m = 1, the default, from the last
+    weights): the grown model's loss on the batches the run takes next is the saved source model's loss and the
+    run's own step-3 loss, and the grown checkpoint still carries the CLIP BPE tokenizer."""
+    _, config, weights = openclip_model(tmp_path)
+    run_cfg = _config(tmp_path, tiny_data, {"openclip": str(config), "weights": str(weights)})
+    run = tmp_path / "run"
+    launch(run, {"shards": tiny_data["shards"], "tokenizer": str(bundled_vocab())}, "train.steps=3",
+           "train.save_every=0", "growth.at_steps=[2]", "growth.moves=[vision.heads*=2]", "growth.pim_source=last",
+           config=str(run_cfg), small_model=False, ds_config="ds_configs/zero1.json")
+    from pretrain import checkpoint as ckpt
+    grown_tag = run / "grown" / "step2" / "step00000002"
+    client = ckpt.read_client_state(grown_tag)
+    assert client["tokenizer_kind"] == "clip_bpe" and client["growth_history"][-1]["move"] == "vision.heads*=2"
+    assert (grown_tag / "tokenizer.model").read_bytes() == bundled_vocab().read_bytes()
+    assert client["architecture"]["vision"]["heads"] == 4
+    batches = first_batches(grown_tag, run, dp=2)
+    grown = single_process_loss(grown_model(grown_tag), batches)
+    source_tag = run / "checkpoints" / "step00000002"
+    source_arch = Architecture.from_dict(ckpt.read_client_state(source_tag)["architecture"])
+    assert source_arch.vision.heads == 2
+    source = CLIP(source_arch)
+    source.load_state_dict(ckpt.full_state_dict(source_tag))
+    assert abs(single_process_loss(source.eval(), batches) - grown) <= TOL
+    assert abs(metrics(run)[3]["loss"] - grown) <= TOL
+    final = ckpt.read_client_state(run / "checkpoints" / "step00000003")
+    assert final["tokenizer_kind"] == "clip_bpe" and final["architecture"]["vision"]["heads"] == 4
+
+
+def test_first_loss_at_tp2_equals_open_clip(tmp_path, tiny_data):
+    """At parallel.tp=2 (2 ranks, one data-parallel rank) the run's first loss is open_clip's ClipLoss of the
+    source model on the batch the run took (fp32, 1e-5)."""
+    theirs, config, weights = openclip_model(tmp_path)
+    run_cfg = _config(tmp_path, tiny_data, {"openclip": str(config), "weights": str(weights)})
+    run = tmp_path / "run"
+    launch(run, {"shards": tiny_data["shards"], "tokenizer": str(bundled_vocab())}, "train.steps=1",
+           "train.save_every=0", "data.workers=0", "train.fingerprints=true", config=str(run_cfg),
+           small_model=False, ds_config="ds_configs/zero1.json", extra_args=("--tp", "2"))
+    record = metrics(run)[1]
+    (images, texts), = first_batches(None, run, dp=1)
+    from pretrain.trainer import batch_fingerprint
+    assert record["batches"] == [[batch_fingerprint(images, texts)]] * 2  # both TP ranks took this batch
+    with torch.no_grad():
+        reference = ClipLoss()(*theirs.eval()(images, texts)).item()
+    assert abs(record["loss"] - reference) <= 1e-5, (record["loss"], reference)
 
 
 def _main(tmp_path, run_cfg, *overrides):
