@@ -6,12 +6,17 @@
       init_from: {openclip: my_model.json, weights: PATH}  # an OpenCLIP model-config file instead of a name
       init_from: {folder: DIR}                         # an OpenCLIP model folder: what eval.export writes, or one
                                                        # with open_clip_config.json + weights (open_clip's layout)
+      init_from: {hf: DIR}                             # a Hugging Face CLIPModel folder (save_pretrained's layout:
+                                                       # config.json, model.safetensors or pytorch_model.bin, and
+                                                       # the tokenizer's tokenizer.json)
 
 The architecture comes from the source: open_clip's bundled model configs (`open_clip.get_model_config`, no
 download), the .json, or the folder's open_clip_config.json (our exact architecture under "growclip", else its
-model_cfg). A config field our model cannot represent (quick_gelu, a ResNet tower, SigLIP's logit bias, ...) is an
+model_cfg), or the HF config.json (model/hf.py maps its names and refuses what it cannot represent). A config
+field our model cannot represent (quick_gelu, a ResNet tower, SigLIP's logit bias, ...) is an
 error naming it (model/openclip.py checked_arch_from_openclip_config). The tokenizer comes with it: open_clip's
-CLIP BPE vocabulary for a model name or .json, the folder's tokenizer.model for a folder (else the CLIP BPE).
+CLIP BPE vocabulary for a model name or .json, the folder's tokenizer.model for a folder (else the CLIP BPE), the
+HF folder's tokenizer.json (run by transformers.CLIPTokenizer, data/hf_tokenizer.py) for an HF folder.
 `model.init_from` replaces the other model keys (giving both is an error), and data.tokenizer is set to the
 source's tokenizer (a different file there is an error). Only a fresh run reads the weights: a resumed run, and
 every restart after a growth, loads its own checkpoint.
@@ -25,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .arch import Architecture, ArchitectureError
+from .model.hf import HF_CONFIG, HF_WEIGHTS, arch_from_hf_config, openclip_state_from_hf
 from .model.openclip import OPENCLIP_CONFIG, OPENCLIP_WEIGHTS, checked_arch_from_openclip_config, import_openclip
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -41,14 +47,18 @@ class InitSource:
     arch: Architecture
     weights: Path
     tokenizer: Path
+    hf: bool = False  # weights under Hugging Face CLIPModel names
 
 
 def resolve(spec, key: str = "model.init_from") -> InitSource:
     """Check the spec and read the architecture and tokenizer of its source (the weights are not read here)."""
-    if not isinstance(spec, dict) or set(spec) not in ({"openclip", "weights"}, {"folder"}):
-        raise InitError(f"{key} must be {{openclip: NAME, weights: PATH}} or {{folder: PATH}}, got {spec!r}")
+    if not isinstance(spec, dict) or set(spec) not in ({"openclip", "weights"}, {"folder"}, {"hf"}):
+        raise InitError(f"{key} must be {{openclip: NAME, weights: PATH}}, {{folder: PATH}} or {{hf: PATH}}, "
+                        f"got {spec!r}")
     if "folder" in spec:
         return _folder(Path(str(spec["folder"])), spec, key)
+    if "hf" in spec:
+        return _hf(Path(str(spec["hf"])), spec, key)
     name, weights = str(spec["openclip"]), Path(str(spec["weights"]))
     if name.endswith(".json"):
         try:
@@ -93,6 +103,28 @@ def _folder(folder: Path, spec: dict, key: str) -> InitSource:
     return InitSource(spec, arch, weights, tokenizer)
 
 
+def _hf(folder: Path, spec: dict, key: str) -> InitSource:
+    config_path = folder / HF_CONFIG
+    if not config_path.is_file():
+        raise InitError(f"{key}.hf: {folder} has no {HF_CONFIG} (a folder CLIPModel.save_pretrained wrote)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise InitError(f"{config_path}: invalid JSON ({e})") from None
+    try:
+        arch = arch_from_hf_config(config, str(config_path))
+    except ArchitectureError as e:
+        raise InitError(str(e)) from None
+    weights = next((folder / n for n in HF_WEIGHTS if (folder / n).is_file()), None)
+    if weights is None:
+        raise InitError(f"{key}.hf: {folder} has no weights (one of {', '.join(HF_WEIGHTS)})")
+    tokenizer = folder / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise InitError(f"{key}.hf: {folder} has no tokenizer.json (with only vocab.json + merges.txt, write it: "
+                        f"CLIPTokenizer.from_pretrained(DIR).save_pretrained(DIR))")
+    return InitSource(spec, arch, weights, tokenizer, hf=True)
+
+
 def _arch(cfg: dict, source: str) -> Architecture:
     try:
         return checked_arch_from_openclip_config(cfg, source)
@@ -123,7 +155,8 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 def build(source: InitSource):
     """Our single-device CLIP holding the source's weights (float32)."""
     try:
-        model = import_openclip(load_state(source.weights), source.arch)
+        state = load_state(source.weights)
+        model = import_openclip(openclip_state_from_hf(state) if source.hf else state, source.arch)
     except ArchitectureError as e:
         raise InitError(f"{source.weights}: {e}") from None
     return model.float()

@@ -139,7 +139,8 @@ class TokenizerError(ValueError):
 
 def load_tokenizer(path: str | os.PathLike, context_length: int = 77):
     """The tokenizer in `path`, by its content: our SentencePiece .model (`Tokenizer`) or a CLIP BPE merges file
-    such as open_clip's bpe_simple_vocab_16e6.txt.gz (`clip_bpe.ClipBpeTokenizer`). Both have `kind`,
+    such as open_clip's bpe_simple_vocab_16e6.txt.gz (`clip_bpe.ClipBpeTokenizer`) or a Hugging Face CLIP
+    tokenizer.json (`hf_tokenizer.HfClipTokenizer`). All have `kind`,
     `model_path`, `sha256`, `vocab_size`, `context_length` and `__call__(texts) -> [N, context] int64`; anything
     else is a TokenizerError naming the file. Every reader of a run's tokenizer goes through here."""
     path = Path(path)
@@ -147,6 +148,9 @@ def load_tokenizer(path: str | os.PathLike, context_length: int = 77):
     from .clip_bpe import ClipBpeTokenizer, is_clip_bpe
     if is_clip_bpe(data):
         return ClipBpeTokenizer(path, context_length, data)
+    from .hf_tokenizer import HfClipTokenizer, is_hf_tokenizer_json
+    if is_hf_tokenizer_json(data):
+        return HfClipTokenizer(path, context_length, data)
     return Tokenizer(path, context_length, data)
 
 
