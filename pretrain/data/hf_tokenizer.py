@@ -68,6 +68,10 @@ class HfClipTokenizer:
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids if int(i) not in (self.sot_id, self.eot_id)])
 
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """The tokenizer as CLIPTokenizer.save_pretrained writes it (tokenizer.json, tokenizer_config.json)."""
+        self._tok.save_pretrained(folder)
+
     def __call__(self, texts: list[str] | str) -> torch.Tensor:
         """int64 [B, context_length], exactly CLIPTokenizer(padding="max_length", truncation=True)."""
         texts = [texts] if isinstance(texts, str) else list(texts)

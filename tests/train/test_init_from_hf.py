@@ -1,16 +1,26 @@
 """model.init_from: {hf: DIR}, a Hugging Face CLIPModel folder (a small random CLIPModel and a CLIPTokenizer over
 open_clip's bundled CLIP BPE, saved with save_pretrained; nothing is downloaded)."""
+import dataclasses
 import gzip
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+from eval.export import export_hf
+from eval.load import load_checkpoint
+from pretrain import checkpoint as ckpt
+from pretrain.arch import ArchitectureError
 from pretrain.data.clip_bpe import bundled_vocab
 from pretrain.data.tokenizer import load_tokenizer
 from pretrain.init_from import InitError, build, resolve
 from pretrain.loss import ContrastiveLoss
+from pretrain.model import CLIP
+from tests.conftest import ROOT, launch, rank_env
 
 CONTEXT = 16
 CAPTIONS = ["a photo of a t-shirt", "a dress, café crème", "‘curly’ “quotes” &amp; html", "ﬁne Ａ full-width",
@@ -88,3 +98,78 @@ def _edit(folder, fn):
     config = json.loads((folder / "config.json").read_text())
     fn(config)
     (folder / "config.json").write_text(json.dumps(config))
+
+
+def _logits(hf, images, texts):
+    with torch.no_grad():
+        return hf(input_ids=texts, pixel_values=images).logits_per_image
+
+
+def test_hf_round_trip(tmp_path):
+    """import HF -> our model -> export_hf -> CLIPModel.from_pretrained: the logits of the original CLIPModel, and
+    CLIPTokenizer.from_pretrained reads the exported tokenizer as the source's."""
+    theirs = hf_model(tmp_path / "hf")
+    source = resolve({"hf": str(tmp_path / "hf")})
+    tok = load_tokenizer(source.tokenizer, CONTEXT)
+    ours = build(source).eval()
+    export_hf(ours, tok, tmp_path / "out")
+    back = CLIPModel.from_pretrained(tmp_path / "out").eval()
+    texts = tok(CAPTIONS)
+    images = torch.randn(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    expected = _logits(theirs, images, texts)
+    assert (_logits(back, images, texts) - expected).abs().max().item() <= 1e-5
+    with torch.no_grad():
+        image, text, scale = ours(images, texts)
+    assert ((scale * image @ text.t()) - expected).abs().max().item() <= 1e-4  # logits ~ 14: 1e-5 relative
+    exported = CLIPTokenizer.from_pretrained(tmp_path / "out")
+    assert torch.equal(exported(CAPTIONS, padding="max_length", truncation=True, max_length=CONTEXT,
+                                return_tensors="pt")["input_ids"], texts)
+
+
+def test_export_refuses_what_hf_cannot_express(tmp_path):
+    """Heads added at a fixed width (head_dim != width / heads) and a shared encoder: one line, nothing written."""
+    hf_model(tmp_path / "hf")
+    arch = resolve({"hf": str(tmp_path / "hf")}).arch
+    cases = {"vision.head_dim=32": dataclasses.replace(arch, vision=dataclasses.replace(arch.vision, heads=4,
+                                                                                           head_dim=32)),
+             "HF CLIPModel has no shared encoder": dataclasses.replace(
+                 arch, shared=dataclasses.replace(arch.shared, layers=1, width=64, heads=2))}
+    for named, bad in cases.items():
+        with pytest.raises(ArchitectureError) as e:
+            export_hf(CLIP(bad), None, tmp_path / named)
+        assert named in str(e.value) and "\n" not in str(e.value) and not (tmp_path / named).exists()
+
+
+def test_run_from_hf_trains_and_exports_hf(tmp_path, tiny_data):
+    """2 ranks from an HF folder: the checkpoint carries its tokenizer.json (kind hf_clip); `python -m eval.export
+    --format hf` writes a folder CLIPModel.from_pretrained reads, with our checkpoint's logits."""
+    hf_model(tmp_path / "hf")
+    cfg = {"model": {"init_from": {"hf": str(tmp_path / "hf")}}, "data": {"shards": tiny_data["shards"], "workers": 1},
+           "train": {"steps": 2, "lr": 1e-3, "warmup": 1, "log_every": 1}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    proc = launch(run, {"shards": tiny_data["shards"], "tokenizer": str(tmp_path / "hf" / "tokenizer.json")},
+                  config=str(tmp_path / "run.yaml"), small_model=False)
+    assert "model.init_from: step 0 from" in proc.stdout + proc.stderr
+    tag = run / "checkpoints" / "step00000002"
+    assert ckpt.read_client_state(tag)["tokenizer_kind"] == "hf_clip"
+    assert (tag / "tokenizer.model").read_bytes() == (tmp_path / "hf" / "tokenizer.json").read_bytes()
+    out = tmp_path / "export"
+    subprocess.run([sys.executable, "-m", "eval.export", "--checkpoint", str(run), "--out", str(out), "--format",
+                    "hf"], check=True, capture_output=True, cwd=ROOT)
+    loaded = load_checkpoint(run)
+    texts = loaded.tokenizer(CAPTIONS)
+    images = torch.randn(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        image, text, scale = loaded.model.eval()(images, texts)
+    got = _logits(CLIPModel.from_pretrained(out).eval(), images, texts)
+    assert (got - scale * image @ text.t()).abs().max().item() <= 1e-4  # fp32, logits ~ 14
+    assert torch.equal(CLIPTokenizer.from_pretrained(out)(CAPTIONS, padding="max_length", truncation=True,
+                                                          max_length=CONTEXT, return_tensors="pt")["input_ids"], texts)
+    # a source folder that is no CLIP: pretrain/main.py stops with one line, exit 2
+    _edit(tmp_path / "hf", lambda c: c.update(model_type="siglip"))
+    bad = subprocess.run([sys.executable, "pretrain/main.py", "--config", str(tmp_path / "run.yaml"),
+                          f"train.out_dir={tmp_path / 'bad'}"], cwd=ROOT, capture_output=True, text=True,
+                         env=rank_env(), timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "model_type='siglip'" in bad.stderr.strip().splitlines()[-1]
