@@ -14,13 +14,16 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from eval.export import export_hf
 from eval.load import load_checkpoint
 from pretrain import checkpoint as ckpt
-from pretrain.arch import ArchitectureError
+from pretrain.arch import Architecture, ArchitectureError
 from pretrain.data.clip_bpe import bundled_vocab
 from pretrain.data.tokenizer import load_tokenizer
 from pretrain.init_from import InitError, build, resolve
 from pretrain.loss import ContrastiveLoss
 from pretrain.model import CLIP
-from tests.conftest import ROOT, launch, rank_env
+from pretrain.trainer import batch_fingerprint
+from tests.conftest import ROOT, launch, metrics, rank_env
+from tests.growth.helpers import TOL
+from tests.growth.runs import first_batches, grown_model, single_process_loss
 
 CONTEXT = 16
 CAPTIONS = ["a photo of a t-shirt", "a dress, café crème", "‘curly’ “quotes” &amp; html", "ﬁne Ａ full-width",
@@ -173,3 +176,63 @@ def test_run_from_hf_trains_and_exports_hf(tmp_path, tiny_data):
                          env=rank_env(), timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "model_type='siglip'" in bad.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def hf_tp2_growing_run(tiny_data, tmp_path_factory):
+    """One 2-rank run from an HF folder at parallel.tp=2 (one data-parallel rank, ZeRO-1, fp32) that grows by a
+    written move at step 2 (vision.heads*=2, PIM m = 1 from the last weights) and stays at tp=2: (run, hf folder,
+    the source CLIPModel). Both tests below read it, so the two checks cost one deepspeed launch."""
+    tmp = tmp_path_factory.mktemp("hf_tp2")
+    theirs = hf_model(tmp / "hf")
+    cfg = {"model": {"init_from": {"hf": str(tmp / "hf")}}, "data": {"shards": tiny_data["shards"], "workers": 0},
+           "train": {"steps": 3, "save_every": 0, "lr": 1e-3, "warmup": 2, "log_every": 1}}
+    (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp / "run"
+    launch(run, {"shards": tiny_data["shards"], "tokenizer": str(tmp / "hf" / "tokenizer.json")},
+           "growth.at_steps=[2]", "growth.moves=[vision.heads*=2]", "growth.pim_source=last",
+           "train.fingerprints=true", config=str(tmp / "run.yaml"), small_model=False,
+           ds_config="ds_configs/zero1.json", extra_args=("--tp", "2"))
+    return run, tmp / "hf", theirs
+
+
+def test_first_loss_at_tp2_equals_hf(hf_tp2_growing_run):
+    """At parallel.tp=2 the run's first loss is CLIPModel(return_loss=True).loss of the source model on the batch
+    the run took (fp32, 1e-5)."""
+    run, _, theirs = hf_tp2_growing_run
+    record = metrics(run)[1]
+    (images, texts), = first_batches(None, run, dp=1)
+    assert record["batches"] == [[batch_fingerprint(images, texts)]] * 2  # both TP ranks took this batch
+    with torch.no_grad():
+        reference = theirs(input_ids=texts, pixel_values=images, return_loss=True).loss.item()
+    assert abs(record["loss"] - reference) <= 1e-5, (record["loss"], reference)
+    assert record["loss"] > 0.1
+
+
+def test_run_from_hf_grows_preserving_the_loss(hf_tp2_growing_run):
+    """The run from the HF folder grows at step 2 (PIM m = 1, the default): the grown model's loss on the batch
+    the run takes next is the saved source model's loss and the run's own step-3 loss (1e-5), and the grown
+    checkpoints keep the HF tokenizer (kind hf_clip, the source's tokenizer.json byte for byte)."""
+    run, hf, _ = hf_tp2_growing_run
+    grown_tag = run / "grown" / "step2" / "step00000002"
+    client = ckpt.read_client_state(grown_tag)
+    entry = client["growth_history"][-1]
+    assert (entry["move"], entry["layout"], entry["pim"]["source"]) == ("vision.heads*=2", {"tp": 2, "pp": 1},
+                                                                        "last")
+    assert client["tokenizer_kind"] == "hf_clip" and client["architecture"]["vision"]["heads"] == 4
+    assert (grown_tag / "tokenizer.model").read_bytes() == (hf / "tokenizer.json").read_bytes()
+    batches = first_batches(grown_tag, run, dp=1)
+    record = metrics(run)[3]
+    assert record["batches"] == [[batch_fingerprint(*batches[0])]] * 2
+    grown = single_process_loss(grown_model(grown_tag), batches)
+    source_tag = run / "checkpoints" / "step00000002"
+    source_arch = Architecture.from_dict(ckpt.read_client_state(source_tag)["architecture"])
+    assert source_arch.vision.heads == 2
+    source = CLIP(source_arch)
+    source.load_state_dict(ckpt.full_state_dict(source_tag))
+    assert abs(single_process_loss(source.eval(), batches) - grown) <= TOL
+    assert abs(record["loss"] - grown) <= TOL
+    final_tag = run / "checkpoints" / "step00000003"
+    final = ckpt.read_client_state(final_tag)
+    assert final["tokenizer_kind"] == "hf_clip" and final["architecture"]["vision"]["heads"] == 4
+    assert (final_tag / "tokenizer.model").read_bytes() == (hf / "tokenizer.json").read_bytes()
