@@ -30,7 +30,8 @@ def parse_args(argv):
     p.add_argument("--tasks", default="fashion_mnist", help=f"comma list of {', '.join(BUILTIN)}; or {GENERIC}")
     p.add_argument("--out", default=None, help="results JSON (a list of CLIP_benchmark-style records)")
     p.add_argument("--weights", default="live", choices=["live", "ema"])
-    p.add_argument("--tokenizer", default=None, help="SentencePiece .model (needed for a bare OpenCLIP state dict)")
+    p.add_argument("--tokenizer", default=None,
+                   help="SentencePiece .model or CLIP BPE vocabulary (needed for a bare OpenCLIP state dict)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N samples of each split")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="image-decoding workers per rank")

@@ -1,11 +1,18 @@
 """Export a checkpoint as an OpenCLIP model folder, which `open_clip.create_model("local-dir:DIR")` and
 `eval.load.load_checkpoint(DIR)` both read:
 
-    python -m eval.export --checkpoint PATH --out DIR [--weights live|ema]
+    python -m eval.export --checkpoint PATH --out DIR [--weights live|ema] [--format openclip|hf]
 
 DIR gets open_clip_pytorch_model.bin (the state dict), open_clip_config.json (model_cfg, preprocess_cfg, and
 under "growclip" the architecture, step and source checkpoint) and tokenizer.model (OpenCLIP has no slot for a
 SentencePiece tokenizer, so OpenCLIP users pass ours themselves). A shared encoder cannot be exported.
+
+`--format hf` writes a Hugging Face CLIPModel folder instead (`transformers.CLIPModel.from_pretrained(DIR)`):
+config.json + model.safetensors (model/hf.py maps the names; exact `gelu`, eos = the largest id) and, for a run
+whose tokenizer is an HF tokenizer.json (model.init_from {hf: DIR}), that tokenizer as CLIPTokenizer saves it;
+another tokenizer is copied as tokenizer.model, which CLIPTokenizer cannot read. A shared encoder, or an attention
+inner dim other than the width (head_dim != width / heads, e.g. after a heads move), cannot be expressed in HF's
+CLIPModel and is refused in one line before anything is written.
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ import torch
 from pretrain.arch import ArchitectureError
 from pretrain.checkpoint import CheckpointError
 from pretrain.data.transforms import OPENAI_MEAN, OPENAI_STD
+from pretrain.model import CLIP
+from pretrain.model.hf import hf_config, hf_state_from_ours
 from pretrain.model.openclip import export_openclip, openclip_config
 
 from .load import OPENCLIP_CONFIG, OPENCLIP_WEIGHTS, Loaded, load_checkpoint
@@ -38,14 +47,33 @@ def export(loaded: Loaded, out: str | Path) -> Path:
     return out
 
 
+def export_hf(model: CLIP, tokenizer, out: str | Path) -> Path:
+    """An HF CLIPModel folder computing what `model` computes; tokenizer: the run's (load_tokenizer's) or None."""
+    config = hf_config(model.arch, float(model.logit_scale.detach().reshape(())))  # refuses before any write
+    from transformers import CLIPConfig, CLIPModel
+    hf = CLIPModel(CLIPConfig.from_dict(config))
+    hf.load_state_dict(hf_state_from_ours(model.float()), strict=True)
+    out = Path(out)
+    hf.save_pretrained(out)
+    if tokenizer is not None and tokenizer.kind == "hf_clip":
+        tokenizer.save_pretrained(out)
+    elif tokenizer is not None:
+        shutil.copyfile(tokenizer.model_path, out / "tokenizer.model")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--weights", default="live", choices=["live", "ema"])
+    p.add_argument("--format", default="openclip", choices=["openclip", "hf"],
+                   help="an OpenCLIP model folder, or a Hugging Face CLIPModel folder")
     args = p.parse_args(argv)
     try:
-        out = export(load_checkpoint(args.checkpoint, args.weights), args.out)
+        loaded = load_checkpoint(args.checkpoint, args.weights)
+        out = export(loaded, args.out) if args.format == "openclip" else \
+            export_hf(loaded.model, loaded.tokenizer, args.out)
     except (CheckpointError, ArchitectureError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

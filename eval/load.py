@@ -19,13 +19,16 @@ from pathlib import Path
 
 from pretrain import checkpoint as ckpt
 from pretrain.arch import Architecture
-from pretrain.data.tokenizer import Tokenizer
+from pretrain.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from pretrain.data.transforms import eval_transform
 from pretrain.model import CLIP
-from pretrain.model.openclip import arch_from_openclip_config, arch_from_state_dict, import_openclip
-
-OPENCLIP_CONFIG = "open_clip_config.json"
-OPENCLIP_WEIGHTS = ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "open_clip_model.pt")
+from pretrain.model.openclip import (
+    OPENCLIP_CONFIG,
+    OPENCLIP_WEIGHTS,
+    arch_from_openclip_config,
+    arch_from_state_dict,
+    import_openclip,
+)
 
 
 @dataclass
@@ -75,9 +78,12 @@ def _find_tokenizer(tag_dir: Path, client: dict) -> Path:
 
 def _tokenizer(path: Path, arch: Architecture, source: Path) -> Tokenizer:
     if not path.is_file():
-        raise ckpt.CheckpointError(f"{source}: no tokenizer at {path}; pass --tokenizer PATH (the SentencePiece "
-                                   f".model the checkpoint was trained with)")
-    tok = Tokenizer(str(path), arch.text.context)
+        raise ckpt.CheckpointError(f"{source}: no tokenizer at {path}; pass --tokenizer PATH (the tokenizer file "
+                                   f"the checkpoint was trained with: a SentencePiece .model or CLIP BPE .txt.gz)")
+    try:
+        tok = load_tokenizer(path, arch.text.context)
+    except TokenizerError as e:
+        raise ckpt.CheckpointError(f"{e} (the tokenizer of {source})") from None
     if tok.vocab_size != arch.text.vocab:
         raise ckpt.CheckpointError(f"{path}: {tok.vocab_size} token ids, but {source} has text.vocab={arch.text.vocab}")
     return tok

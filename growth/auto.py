@@ -26,7 +26,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from pretrain import checkpoint as ckpt
-from pretrain.data.tokenizer import Tokenizer
+from pretrain.data.tokenizer import load_tokenizer
 from pretrain.parallel.layout import Layout
 
 from . import universal
@@ -132,7 +132,7 @@ def auto_grow(source_tag: Path, out: Path, step: int, shards: list[str], samples
     try:
         src = Source.read(uni)
         hyper = Hyper.of_run(src.client.get("run_config") or {}, step)
-        tokenizer = Tokenizer(source_tag / "tokenizer.model", src.arch.text.context)
+        tokenizer = load_tokenizer(source_tag / "tokenizer.model", src.arch.text.context)
         result = search(src, shards, samples, g, budget, layout, pim, hyper, cfg, tokenizer,
                         echo=echo if dist.get_rank() == 0 else (lambda *_: None))
         record = out / "growth" / f"search-step{step}.jsonl"

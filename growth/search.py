@@ -44,7 +44,7 @@ import torch.distributed as dist
 from pretrain import checkpoint as ckpt
 from pretrain.arch import Architecture
 from pretrain.data.pipeline import TrainLoader
-from pretrain.data.tokenizer import Tokenizer
+from pretrain.data.tokenizer import Tokenizer, load_tokenizer
 from pretrain.loss import clip_loss_torch
 from pretrain.model import CLIP, get_backend, set_backend
 from pretrain.optim import param_groups
@@ -484,7 +484,7 @@ def main(argv=None) -> int:
         if args.rewarm_steps is not None:
             hyper = dataclasses.replace(hyper, rewarm=args.rewarm_steps)
         result = search(src, shards, samples, g, budget, layout, pim, hyper, cfg,
-                        Tokenizer(tok_path, src.arch.text.context))
+                        load_tokenizer(tok_path, src.arch.text.context))
         print(table(result))
         if args.record:
             write_record(Path(args.record), result, src.client["step"])

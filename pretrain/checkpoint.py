@@ -1,9 +1,11 @@
 """The checkpoint contract: DeepSpeed's `save_checkpoint` plus our client state, written atomically.
 
-Layout of a run: `OUT/checkpoints/<tag>/` (DeepSpeed files + tokenizer.model) and `OUT/checkpoints/latest`.
+Layout of a run: `OUT/checkpoints/<tag>/` (DeepSpeed files + tokenizer.model: the run's tokenizer file, copied as
+it is, our SentencePiece model or open_clip's CLIP BPE .txt.gz) and `OUT/checkpoints/latest`.
 Client state, under the key `growclip`: architecture, step, data position (one entry per data-parallel rank),
-tokenizer sha256, EMA weights, layout and growth history. `universal_checkpoint_info` sits beside it, so
-`python -m deepspeed.checkpoint.ds_to_universal` converts the checkpoint and universal loading reshards it.
+tokenizer sha256 and kind (sentencepiece | clip_bpe), EMA weights, layout and growth history.
+`universal_checkpoint_info` sits beside it, so `python -m deepspeed.checkpoint.ds_to_universal` converts the
+checkpoint and universal loading reshards it.
 
 Atomicity: DeepSpeed writes into `<tag>.tmp`; after a barrier rank 0 adds the tokenizer, renames the folder
 to `<tag>` and replaces `latest` by rename. A crash mid-save leaves only a `.tmp` folder that nothing reads (the

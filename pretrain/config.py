@@ -1,7 +1,8 @@
 """Typed run configuration: a YAML file plus `section.key=value` overrides from the command line.
 
-A run config has `model` (an architecture mapping, or a path to one), `data`, `train`, `parallel` and `growth`
-sections. Unknown keys and badly typed values stop the run with a message naming the key, before any training.
+A run config has `model` (an architecture mapping, or a path to one, or `{init_from: ...}`: weights the user
+already has, pretrain/init_from.py), `data`, `train`, `parallel` and `growth` sections.
+Unknown keys and badly typed values stop the run with a message naming the key, before any training.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from .arch import Architecture, ArchitectureError, load_mapping
+from .init_from import InitError, resolve
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,8 @@ class DataConfig:
     stages: list = field(default_factory=list)       # data arriving in stages D1 ⊆ D2 ⊆ ...: one shard spec each
     stage_steps: list = field(default_factory=list)  # the step at which each stage after the first arrives
     refresh_every: int = 0           # re-read data.shards (a growing manifest) every N steps; 0: only at start
+    read_attempts: int | None = None  # reads of a remote shard before it is skipped (counted); None: the loader's 3
+    read_backoff: float | None = None  # seconds before the first re-read, doubled after each; None: the loader's 1
 
 
 @dataclass
@@ -126,10 +130,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     growth: GrowthConfig = field(default_factory=GrowthConfig)
+    init_from: dict | None = None    # model.init_from as given: the weights a fresh run starts from
 
     def to_dict(self) -> dict:
         d = {k: dataclasses.asdict(getattr(self, k)) for k in ("data", "train", "parallel", "growth")}
         d["model"] = self.model.to_dict()
+        if self.init_from:
+            d["init_from"] = self.init_from
         return d
 
 
@@ -189,6 +196,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
             raise ConfigError(f"override {ov!r} must look like section.key=value")
         key, value = ov.split("=", 1)
         _set(raw, key, _parse_value(value), f"override {ov!r}")
+    init_from = _init_from(raw, source)
     unknown = set(raw) - {"model", "data", "train", "parallel", "growth"}
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; "
@@ -201,9 +209,35 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
                     data=_build_section(DataConfig, raw.get("data", {}), "data", source),
                     train=_build_section(TrainConfig, raw.get("train", {}), "train", source),
                     parallel=_build_section(ParallelConfig, raw.get("parallel", {}), "parallel", source),
-                    growth=_build_section(GrowthConfig, raw.get("growth", {}), "growth", source))
+                    growth=_build_section(GrowthConfig, raw.get("growth", {}), "growth", source),
+                    init_from=init_from)
     validate(cfg, source)
     return cfg
+
+
+def _init_from(raw: dict, source: str) -> dict | None:
+    """model.init_from: the source's architecture becomes the model section and its tokenizer data.tokenizer."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or "init_from" not in model:
+        return None
+    others = sorted(set(model) - {"init_from"})
+    if others:
+        raise ConfigError(f"{source}: model.init_from takes the architecture from its source; remove "
+                          f"{', '.join('model.' + k for k in others)} (on the command line: "
+                          f"'model={{init_from: ...}}')")
+    try:
+        init = resolve(model["init_from"])
+    except InitError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    data = raw.setdefault("data", {})
+    given = data.get("tokenizer") if isinstance(data, dict) else None
+    if given and (not Path(given).is_file() or Path(given).read_bytes() != init.tokenizer.read_bytes()):
+        raise ConfigError(f"{source}: data.tokenizer={given!r} is not model.init_from's tokenizer "
+                          f"({init.tokenizer}); leave data.tokenizer out")
+    if isinstance(data, dict):
+        data["tokenizer"] = str(init.tokenizer)
+    raw["model"] = init.arch.to_dict()
+    return init.spec
 
 
 def validate(cfg: RunConfig, source: str) -> None:
@@ -223,6 +257,14 @@ def validate(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: train.decay_frac must be in [0, 1], got {t.decay_frac}")
     if t.kernels not in ("auto", "torch", "triton"):
         raise ConfigError(f"{source}: train.kernels must be auto, torch or triton, got {t.kernels!r}")
+    d = cfg.data
+    if d.read_attempts is not None and (isinstance(d.read_attempts, bool) or not isinstance(d.read_attempts, int)
+                                        or d.read_attempts < 1):
+        raise ConfigError(f"{source}: data.read_attempts must be an integer >= 1, got {d.read_attempts!r}")
+    if d.read_backoff is not None and (isinstance(d.read_backoff, bool) or not isinstance(d.read_backoff, (int, float))
+                                       or not 0 <= d.read_backoff <= 3600):
+        raise ConfigError(f"{source}: data.read_backoff must be a number of seconds in [0, 3600], got "
+                          f"{d.read_backoff!r}")
     if cfg.data.order not in ("sharded", "global"):
         raise ConfigError(f"{source}: data.order must be sharded or global, got {cfg.data.order!r}")
     validate_stages(cfg, source)

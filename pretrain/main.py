@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `deepspeed pr
 from pretrain.arch import ArchitectureError  # noqa: E402
 from pretrain.checkpoint import CheckpointError, check_out_dir  # noqa: E402
 from pretrain.config import ConfigError, _parse_value, _set, load_run_config  # noqa: E402
+from pretrain.data.tokenizer import TokenizerError  # noqa: E402
+from pretrain.init_from import InitError  # noqa: E402
 from pretrain.parallel.layout import LayoutError  # noqa: E402
 
 
@@ -88,14 +90,16 @@ def _main(args) -> int:
         check_out_dir(cfg.train.out_dir)
         from pretrain.growth_loop import GrowingRun
         run = GrowingRun(cfg, ds_config, resume=args.resume)
-    except (ConfigError, ArchitectureError, CheckpointError, LayoutError, FileNotFoundError) as e:
+    except (ConfigError, ArchitectureError, CheckpointError, LayoutError, FileNotFoundError, TokenizerError,
+            InitError) as e:
         print(f"error: {e}", file=sys.stderr)
         leave_process_group()
         return 2
     from pretrain.trainer import EXIT_PREEMPTED, DivergedError
     try:
         run.train()
-    except (CheckpointError, DivergedError) as e:  # a save that failed (no space left, ...) or a NaN loss: one
+    except (CheckpointError, DivergedError, TokenizerError) as e:  # a failed save (no space left, ...), a NaN loss,
+        # a tokenizer file replaced by garbage under a running job: one
         # line; the launcher stops the rest
         print(f"\nerror: {e}", file=sys.stderr, flush=True)  # on a line of its own, after the progress bar
         leave_process_group()

@@ -24,7 +24,7 @@ from .arch import Architecture
 from .config import ConfigError, RunConfig
 from .data.manifest import count_samples, first_missing, load_shards
 from .data.pipeline import TrainLoader
-from .data.tokenizer import Tokenizer
+from .data.tokenizer import load_tokenizer
 from .ema import EMA
 from .loss import ContrastiveLoss
 from .model import CLIP, set_backend
@@ -92,6 +92,11 @@ def prepare_ds_config(ds_config: dict, cfg: RunConfig, universal: bool) -> dict:
         # tensor a stage sends carries a gradient; ours sends both towers' tokens, so it is turned off
         ds.setdefault("pipeline", {}).update(pipe_partitioned=False, grad_partitioned=False)
     return ds
+
+
+def remote_reads(data) -> dict:
+    """data.read_attempts / data.read_backoff as TrainLoader arguments; unset keys keep the loader's defaults."""
+    return {k: getattr(data, k) for k in ("read_attempts", "read_backoff") if getattr(data, k) is not None}
 
 
 def batch_fingerprint(images: torch.Tensor, texts: torch.Tensor) -> str:
@@ -173,7 +178,7 @@ class Trainer:
         states = ckpt.read_model_states(resume_dir) if resume_dir else None
         client = states[ckpt.CLIENT_KEY] if states else None
         self.arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
-        self.tokenizer = Tokenizer(cfg.data.tokenizer, self.arch.text.context)
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer, self.arch.text.context)
         self._check_compatible(client)
         if cfg.train.eval_every:  # a bad task name stops the run here, not at the first eval
             from eval.data import EvalDataError
@@ -218,7 +223,7 @@ class Trainer:
             raise ConfigError(str(e)) from e
 
         torch.manual_seed(cfg.train.seed)  # identical full initial weights on every rank, then each takes its shard
-        model = CLIP(self.arch)
+        model = CLIP(self.arch) if resume_dir or not cfg.init_from else self._init_from(cfg.init_from)
         self.params = sum(p.numel() for p in model.parameters())
         model = apply_tensor_parallel(model, self.layout.tp)
         self.uc_info = ckpt.universal_checkpoint_info([n for n, _ in model.named_parameters()], self.arch.text.vocab,
@@ -244,7 +249,7 @@ class Trainer:
                                   dp_rank=self.dp_rank, dp_world=self.layout.dp, workers=cfg.data.workers,
                                   seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                                   max_pixels=cfg.data.max_pixels, scale=(cfg.data.crop_scale_min, 1.0),
-                                  order=cfg.data.order)
+                                  order=cfg.data.order, **remote_reads(cfg.data))
         self.ema = EMA(cfg.train.ema_decay, cfg.train.ema_warmup)
         self.step = 0
         self.samples_seen = 0  # training pairs consumed over the whole run, through every growth
@@ -266,6 +271,16 @@ class Trainer:
             print(f"trainer: kernels attention={self.kernels['attention']} loss={self.kernels['loss']} (record: "
                   f"{self.kernels['record'] or 'none'}), compile={'on' if self.compiled else 'off'}, optimizer="
                   f"{self.optimizer_kind}, fingerprints={'on' if cfg.train.fingerprints else 'off'}", flush=True)
+
+    def _init_from(self, spec: dict) -> CLIP:
+        """A fresh run's first weights from model.init_from (pretrain/init_from.py); a resume never comes here."""
+        from .init_from import build, resolve
+        source = resolve(spec)
+        if source.arch != self.arch:
+            raise ConfigError(f"model.init_from: {source.weights} is {source.arch}, the run config says {self.arch}")
+        if self.rank == 0:
+            print(f"trainer: model.init_from: step 0 from {source.weights} (tokenizer {source.tokenizer})", flush=True)
+        return build(source)
 
     # ---- set-up checks --------------------------------------------------------------------------------
     def _compile_wanted(self, mode: str, zero_stage: int) -> bool:
@@ -576,7 +591,7 @@ class Trainer:
         data = [s for _, s in sorted({dp: s for reads, dp, s in states if reads}.items())]
         ema = self._ema_state()
         client = {"architecture": self.arch.to_dict(), "step": self.step, "data": data,
-                  "tokenizer_sha256": self.tokenizer.sha256, "ema": ema,
+                  "tokenizer_sha256": self.tokenizer.sha256, "tokenizer_kind": self.tokenizer.kind, "ema": ema,
                   "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "dp": self.layout.dp},
                   "growth_history": self.growth_history, "run_config": self.cfg.to_dict(),
                   "samples": self.samples_seen, "data_samples": self.data_samples,

@@ -49,19 +49,20 @@ SMALL_MODEL = ["model.vision.layers=2", "model.vision.width=64", "model.vision.h
 
 
 def launch(out_dir: Path, data: dict, *overrides: str, nproc: int = 2, ds_config: str = "ds_configs/zero2.json",
-           resume: str | None = None, check: bool = True, extra_args=(), while_running=None
-           ) -> subprocess.CompletedProcess:
+           resume: str | None = None, check: bool = True, extra_args=(), while_running=None,
+           config: str = "configs/demo.yaml", small_model: bool = True) -> subprocess.CompletedProcess:
     """`deepspeed --num_gpus N pretrain/main.py ...` on the CPU (gloo), as a user runs it. extra_args: launcher-level
     flags of main.py, e.g. ("--tp", "2"); while_running: called with the Popen while the run goes on (its output
-    goes to files meanwhile, so a long wait cannot fill a pipe)."""
+    goes to files meanwhile, so a long wait cannot fill a pipe); config, small_model=False: another run config, whose
+    model section is left alone (model.init_from)."""
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
-           str(free_port()), "pretrain/main.py", "--config", "configs/demo.yaml", "--deepspeed_config", ds_config,
+           str(free_port()), "pretrain/main.py", "--config", config, "--deepspeed_config", ds_config,
            *extra_args]
     if resume:
         cmd += ["--resume", resume]
     cmd += [f"data.shards={data['shards']}", f"data.tokenizer={data['tokenizer']}", f"train.out_dir={out_dir}",
             "train.micro_batch=16", "train.log_every=1", "train.warmup=2", "data.shuffle_buffer=200",
-            *SMALL_MODEL, *overrides]
+            *(SMALL_MODEL if small_model else []), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if while_running is None:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -132,15 +132,51 @@ def shard_captions(shards: Iterable[str]) -> Iterator[str]:
             continue
 
 
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be read, or is neither a SentencePiece model nor a CLIP BPE vocabulary: one
+    line naming the file."""
+
+
+def load_tokenizer(path: str | os.PathLike, context_length: int = 77):
+    """The tokenizer in `path`, by its content: our SentencePiece .model (`Tokenizer`) or a CLIP BPE merges file
+    such as open_clip's bpe_simple_vocab_16e6.txt.gz (`clip_bpe.ClipBpeTokenizer`) or a Hugging Face CLIP
+    tokenizer.json (`hf_tokenizer.HfClipTokenizer`). All have `kind`,
+    `model_path`, `sha256`, `vocab_size`, `context_length` and `__call__(texts) -> [N, context] int64`; anything
+    else is a TokenizerError naming the file. Every reader of a run's tokenizer goes through here."""
+    path = Path(path)
+    data = _read(path)
+    from .clip_bpe import ClipBpeTokenizer, is_clip_bpe
+    if is_clip_bpe(data):
+        return ClipBpeTokenizer(path, context_length, data)
+    from .hf_tokenizer import HfClipTokenizer, is_hf_tokenizer_json
+    if is_hf_tokenizer_json(data):
+        return HfClipTokenizer(path, context_length, data)
+    return Tokenizer(path, context_length, data)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read the tokenizer ({e.strerror or e})") from None
+
+
 class Tokenizer:
-    def __init__(self, model_path: str | os.PathLike, context_length: int = 77):
+    kind = "sentencepiece"
+
+    def __init__(self, model_path: str | os.PathLike, context_length: int = 77, data: bytes | None = None):
         if context_length < 2:
             raise ValueError("context_length must leave room for sot and eot")
         self.model_path = Path(model_path)
         self.context_length = context_length
-        data = self.model_path.read_bytes()
+        data = _read(self.model_path) if data is None else data
         self.sha256 = hashlib.sha256(data).hexdigest()
-        self._sp = spm.SentencePieceProcessor(model_proto=data)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=data)
+        except (RuntimeError, TypeError) as e:  # sentencepiece: "INTERNAL: ... ParseFromArray" and the like
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            raise TokenizerError(f"{self.model_path}: not a SentencePiece model nor a CLIP BPE vocabulary "
+                                 f"({len(data)} bytes; sentencepiece says: {reason})") from None
         pieces = self._sp.get_piece_size()
         self.pad_id, self.sot_id, self.eot_id, self.vocab_size = 0, pieces + 1, pieces + 2, pieces + SPECIALS
 

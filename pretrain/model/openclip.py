@@ -2,6 +2,7 @@
 inference and one reshape (logit_scale: OpenCLIP [] <-> ours [1], see clip.py); nothing is renamed.
 `open_clip` itself is only imported by `to_openclip_model`.
 """
+import dataclasses
 import re
 
 import torch
@@ -10,6 +11,52 @@ from ..arch import Architecture, ArchitectureError, SharedEncoder, TextTower, Vi
 from .clip import CLIP
 
 HEAD_WIDTH = 64  # OpenCLIP's default head width for both towers
+# an OpenCLIP model folder (open_clip's local-dir / hub layout; eval/export.py writes the first weights name)
+OPENCLIP_CONFIG = "open_clip_config.json"
+OPENCLIP_WEIGHTS = ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "open_clip_model.pt")
+_MAPPED = {"vision_cfg": {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size"},
+           "text_cfg": {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"}}
+_IGNORED = {"output_tokens", "timm_model_pretrained", "hf_model_pretrained", "cast_dtype"}  # no effect on weights
+
+
+def checked_arch_from_openclip_config(cfg: dict, source: str) -> Architecture:
+    """The Architecture of an OpenCLIP model config (open_clip.get_model_config(name) or a model_cfg), its
+    omitted fields filled with open_clip's own defaults (CLIPVisionCfg, CLIPTextCfg). Every field we do not map
+    must have open_clip's default, which is what our model implements (GELU, ln_pre, class-token and argmax
+    pooling, no biases on the projections, ...): anything else is an ArchitectureError naming the field."""
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+    for key, value in cfg.items():
+        if key not in ("embed_dim", "vision_cfg", "text_cfg") and key not in _IGNORED and value:
+            raise ArchitectureError(f"{source}: {key}={_short(value)}: GrowCLIP's model cannot represent it")
+    filled = {}
+    for part, cls in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        given = cfg.get(part)
+        if not isinstance(given, dict):
+            raise ArchitectureError(f"{source}: {part} is missing or not a mapping")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in given.items():
+            if key not in known:
+                raise ArchitectureError(f"{source}: {part}.{key}={value!r}: not an OpenCLIP {cls.__name__} field")
+        default, full = cls(), cls(**given)
+        for f in dataclasses.fields(cls):
+            value = getattr(full, f.name)
+            if f.name in _MAPPED[part] or f.name in _IGNORED or value == getattr(default, f.name):
+                continue
+            raise ArchitectureError(f"{source}: {part}.{f.name}={value!r}: GrowCLIP's model cannot represent it "
+                                    f"(it implements OpenCLIP's default {getattr(default, f.name)!r})")
+        for name in _MAPPED[part]:
+            value = getattr(full, name)
+            if isinstance(value, (list, tuple)) or value is None:
+                raise ArchitectureError(f"{source}: {part}.{name}={value!r}: GrowCLIP's model needs one number")
+        filled[part] = {name: getattr(full, name) for name in _MAPPED[part]}
+    if "embed_dim" not in cfg:
+        raise ArchitectureError(f"{source}: embed_dim is missing")
+    return arch_from_openclip_config({"embed_dim": cfg["embed_dim"], **filled})
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def arch_from_openclip_config(cfg: dict) -> Architecture:

@@ -187,3 +187,25 @@ def test_http_resume_survives_another_host(synthetic_shards, tokenizer, http):
     piped = make(specs("pipe", synthetic_shards, http))
     piped.load_state_dict(local.state_dict())
     assert same(got + take(piped, 3), expected)
+
+
+def test_read_attempts_and_backoff_are_config_keys(synthetic_shards, tokenizer, http, tmp_path, caplog):
+    """data.read_attempts / data.read_backoff reach the trainer's loader (pretrain.trainer.remote_reads): with 2
+    attempts a shard that never reads is skipped after 2 requests, not the default 3; bad values name the key."""
+    from pretrain.config import ConfigError, load_run_config
+    from pretrain.trainer import remote_reads
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {{shards: {synthetic_shards[0]}, tokenizer: {tokenizer.model_path}}}\n")
+    cfg = load_run_config(config, ["data.read_attempts=2", "data.read_backoff=0"])
+    assert remote_reads(cfg.data) == {"read_attempts": 2, "read_backoff": 0}
+    assert remote_reads(load_run_config(config, []).data) == {}  # unset: the loader's defaults
+    remote = specs("http", synthetic_shards, http)
+    http.drops["shard-000001.tar"] = -1
+    loader = TrainLoader(remote, tokenizer, 12, 1, 0, 1, workers=0, shuffle_buffer=10, **remote_reads(cfg.data))
+    with caplog.at_level(logging.WARNING, logger="pretrain.data.pipeline"):
+        take(loader, 50)
+    assert http.requests["shard-000001.tar"] == 2 and "unreadable after 2 reads" in caplog.text
+    for bad, key in (("data.read_attempts=0", "data.read_attempts"), ("data.read_attempts=1.5", "data.read_attempts"),
+                     ("data.read_backoff=-1", "data.read_backoff"), ("data.read_backoff=nan", "data.read_backoff")):
+        with pytest.raises(ConfigError, match=key):
+            load_run_config(config, [bad])

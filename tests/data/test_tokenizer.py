@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from sentencepiece import sentencepiece_model_pb2
 
@@ -113,3 +114,22 @@ def test_cli_reads_shard_captions(synthetic_shards, tmp_path):
     assert tok.vocab_size == 64
     assert tok.decode(tok(["picture number 7"])[0].tolist()) == "picture number 7"
     assert not list((tmp_path / "tok").glob("*.tmp*"))
+
+
+def test_a_file_that_is_not_a_tokenizer_is_one_line_naming_it(tmp_path):
+    """The garbage-tokenizer case of issue 20: sentencepiece's raw 'ParseFromArray' error becomes one line that
+    names the file, and python -m eval's checkpoint loader turns it into a CheckpointError (exit 2)."""
+    from eval.load import _tokenizer
+    from pretrain.arch import Architecture
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.data.tokenizer import Tokenizer, TokenizerError
+    garbage = tmp_path / "tokenizer.model"
+    garbage.write_bytes(b"\x00\x01 this is not a sentencepiece model \xff" * 40)
+    with pytest.raises(TokenizerError, match="not a SentencePiece model") as e:
+        Tokenizer(garbage)
+    assert str(garbage) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(TokenizerError, match="cannot read"):
+        Tokenizer(tmp_path)  # a folder
+    with pytest.raises(CheckpointError, match="not a SentencePiece model") as e:
+        _tokenizer(garbage, Architecture(), tmp_path / "run")
+    assert str(garbage) in str(e.value) and "\n" not in str(e.value)

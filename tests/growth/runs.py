@@ -9,7 +9,7 @@ from pretrain import checkpoint as ckpt
 from pretrain.arch import Architecture
 from pretrain.data.manifest import load_shards
 from pretrain.data.pipeline import TrainLoader
-from pretrain.data.tokenizer import Tokenizer
+from pretrain.data.tokenizer import load_tokenizer
 from pretrain.loss import clip_loss_torch
 from pretrain.model import CLIP
 
@@ -21,17 +21,18 @@ def grown_model(tag_dir: Path) -> CLIP:
     return model.eval()
 
 
-def first_batches(tag_dir: Path, run: Path, dp: int):
+def first_batches(tag_dir: Path | None, run: Path, dp: int):
     """The batches the resumed run's ranks take first, built as the trainer builds them (pretrain/trainer.py):
-    the saved data position, which the loader only honours at the dp it was saved with."""
-    client = ckpt.read_client_state(tag_dir)
+    the saved data position, which the loader only honours at the dp it was saved with. tag_dir None: the
+    batches of the run's first step."""
     cfg = json.loads((run / "run_config.json").read_text())
+    client = ckpt.read_client_state(tag_dir) if tag_dir else {"architecture": cfg["model"]}
     data, train = cfg["data"], cfg["train"]
     arch = Architecture.from_dict(client["architecture"])
     options = {"order": data["order"]} if "order" in data else {}
     batches = []
     for rank in range(dp):
-        loader = TrainLoader(load_shards(data["shards"]), Tokenizer(data["tokenizer"], arch.text.context),
+        loader = TrainLoader(load_shards(data["shards"]), load_tokenizer(data["tokenizer"], arch.text.context),
                              arch.vision.image_size, train["micro_batch"], dp_rank=rank, dp_world=dp,
                              workers=data["workers"], seed=train["seed"], shuffle_buffer=data["shuffle_buffer"],
                              max_pixels=data["max_pixels"], scale=(data["crop_scale_min"], 1.0), **options)
