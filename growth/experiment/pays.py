@@ -84,34 +84,28 @@ def capacity(start: list[dict], target: list[dict], sets: list[str]) -> dict:
             "target": ms_t, "per_set": per_set}
 
 
+def versus(r: dict, t: dict, reach) -> tuple | None:
+    """Run r against the target run t of its seed: (the FLOPs at which r's curve reaches t's final loss / t's
+    FLOPs, or None; r's FLOPs / t's FLOPs; the FLOPs at which t's curve reaches r's final loss / r's FLOPs, or
+    None). The last asks the question the other way round, for an arm that never reaches the target: below 1,
+    the target got to that arm's loss cheaper. None when either run lacks a final loss or FLOPs."""
+    f_star, f = t["train"].get("flops_total"), r["train"].get("flops_total")
+    if not f_star or not f or t["final_loss"] is None or r["final_loss"] is None:
+        return None
+    hit, back = reach(r["heldout"], t["final_loss"]), reach(t["heldout"], r["final_loss"])
+    return hit / f_star if hit is not None else None, f / f_star, back / f if back is not None else None
+
+
 def compute_to_target(groups: dict, target_base: str, reach) -> dict:
-    """{arm: {seed: (fraction or None, total / F*)}} against the target of each seed."""
+    """{arm: {seed: versus(arm's run, the target's run of that seed)}}."""
     targets = {a["seed"]: a for a in groups.get(target_base, [])}
     out = {}
     for base, runs in groups.items():
         out[base] = {}
         for r in runs:
-            t = targets.get(r["seed"])
-            if not t or t["final_loss"] is None or not t["train"].get("flops_total"):
-                continue
-            f_star = t["train"]["flops_total"]
-            hit = reach(r["heldout"], t["final_loss"])
-            out[base][r["seed"]] = (hit / f_star if hit is not None else None, r["train"]["flops_total"] / f_star)
-    return out
-
-
-def target_to_arm(groups: dict, target_base: str, reach) -> dict:
-    """{arm: {seed: the target's FLOPs to reach the arm's final loss / the arm's FLOPs, or None}}: the other way
-    round, where an arm never reaches the target: below 1, the fixed target got to that arm's loss cheaper."""
-    targets = {a["seed"]: a for a in groups.get(target_base, [])}
-    out = {}
-    for base, runs in groups.items():
-        out[base] = {}
-        for r in runs:
-            t = targets.get(r["seed"])
-            if t and r["final_loss"] is not None and r["train"].get("flops_total"):
-                hit = reach(t["heldout"], r["final_loss"])
-                out[base][r["seed"]] = hit / r["train"]["flops_total"] if hit is not None else None
+            v = versus(r, targets[r["seed"]], reach) if r["seed"] in targets else None
+            if v is not None:
+                out[base][r["seed"]] = v
     return out
 
 
@@ -187,16 +181,12 @@ def ablation_rows(ablations: list[dict], groups: dict, target_base: str, reach) 
     targets = {a["seed"]: a for a in groups.get(target_base, [])}
     rows = []
     for a in ablations:
-        t = targets.get(a["seed"])
-        if not t or not t["train"].get("flops_total"):
+        v = versus(a, targets[a["seed"]], reach) if a["seed"] in targets else None
+        if v is None:
             continue
-        f_star = t["train"]["flops_total"]
-        hit = reach(a["heldout"], t["final_loss"])
         moves = "; ".join(f"{g['step']}: {g['move']}" for g in a["train"].get("growths", [])) or "no growth"
-        back = reach(t["heldout"], a["final_loss"]) if a["final_loss"] is not None else None
-        rows.append([a["name"], a.get("label") or "", moves, f"{a['train']['flops_total'] / f_star:.3f}",
-                     _f(a["final_loss"]), f"{hit / f_star:.3f}" if hit is not None else "not reached",
-                     f"{back / a['train']['flops_total']:.3f}" if back is not None else "–"])
+        rows.append([a["name"], a.get("label") or "", moves, f"{v[1]:.3f}", _f(a["final_loss"]),
+                     f"{v[0]:.3f}" if v[0] is not None else "not reached", f"{v[2]:.3f}" if v[2] is not None else "–"])
     return rows
 
 
@@ -234,7 +224,7 @@ def section(exp: dict, groups: dict, sets: list[str], figs: Path, reach, pairs_p
                   _table(["set", start_base, target_base], rows), ""]
     ctt = compute_to_target(groups, target_base, reach) if target_base else {}
     verdicts = {}
-    back = target_to_arm(groups, target_base, reach) if target_base else {}
+    back = {base: {seed: v[2] for seed, v in per.items()} for base, per in ctt.items()}
     if ctt:
         rows = []
         for base, per in ctt.items():

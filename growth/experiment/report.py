@@ -233,9 +233,9 @@ def write_report(out: Path, md: Path | None = None) -> Path:
     auto_base = next((a["base"] for a in arms if a["kind"] == "auto" and a["group"] == "main"), None)
     final_base = exp.get("target") or next((a["base"] for a in arms if a["kind"] == "fixed_final"), None)
     equal_steps = exp.get("compute") == "equal_steps"
-
+    first_base = next(iter(groups), None)  # equal steps without a target: B is the plan's first main arm
     def budget(a):  # B of the arm's seed: its ref's FLOPs, or its own for an automatic arm; equal steps: the target's
-        src = by_name.get(f"{final_base}-s{a['seed']}") if equal_steps else (
+        src = by_name.get(f"{final_base or first_base}-s{a['seed']}") if equal_steps else (
             by_name.get(a.get("ref") or "") or by_name.get(f"{auto_base}-s{a['seed']}"))
         return (src or a)["train"].get("flops_total")
 
@@ -282,8 +282,9 @@ def write_report(out: Path, md: Path | None = None) -> Path:
     if groups:
         seeds = max(len(v) for v in groups.values())
         lines += [f"## Main arms (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})", "",
-                  (f"Equal steps: every arm trains the same steps on the same stream; B is the target arm "
-                   f"`{final_base}`'s training FLOPs at the same seed. " if equal_steps else
+                  (f"Equal steps: every arm trains the same steps on the same stream; B is the "
+                   f"{'target' if final_base else 'first'} arm `{final_base or first_base}`'s training FLOPs at "
+                   "the same seed. " if equal_steps else
                    "Equal training FLOPs: the budget B of a seed is the automatic arm's training FLOPs, searches "
                    "included; every other main arm is given the steps that spend B (growth/experiment/arms.py). ")
                   + "Held-out loss: the contrastive loss on the held-out sets "
@@ -300,7 +301,8 @@ def write_report(out: Path, md: Path | None = None) -> Path:
                          fmt(*ms("reach_ratio")[:2], digits=3) + f" ({sum(r['reach'] is not None for r in runs)}"
                          f"/{len(runs)} reached)", str(len(runs))])
         lines += [table(["arm", "final architecture (seed 0)", "FLOPs / B", "held-out loss", "zero-shot avg (%)",
-                         "avg over all its tasks (%, n)", f"FLOPs to {final_base}'s loss / B", "seeds"], rows), "",
+                         "avg over all its tasks (%, n)", f"FLOPs to {final_base or 'the target'}'s loss / B",
+                         "seeds"], rows), "",
                   f"Zero-shot avg: over {', '.join(common) or 'no task'} (the tasks every arm was evaluated on; "
                   "Fashion-MNIST and MNIST with prompts from their training captions); "
                   "the next column averages all the zero-shot tasks of the arm (the paper's summary number where "

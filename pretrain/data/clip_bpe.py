@@ -43,16 +43,9 @@ class ClipBpeTokenizer:
     kind = KIND
 
     def __init__(self, model_path: str | os.PathLike, context_length: int = 77, data: bytes | None = None):
-        from .tokenizer import TokenizerError  # the one error type of both tokenizers
-        if context_length < 2:
-            raise ValueError("context_length must leave room for sot and eot")
-        self.model_path = Path(model_path)
+        from .tokenizer import TokenizerError, tokenizer_file  # the one error type and preamble of every kind
+        self.model_path, data = tokenizer_file(model_path, context_length, data)
         self.context_length = context_length
-        if data is None:
-            try:
-                data = self.model_path.read_bytes()
-            except OSError as e:
-                raise TokenizerError(f"{self.model_path}: cannot read the tokenizer ({e.strerror or e})") from None
         if not is_clip_bpe(data):
             raise TokenizerError(f"{self.model_path}: not a CLIP BPE vocabulary (a gzip file like open_clip's "
                                  f"bpe_simple_vocab_16e6.txt.gz)")

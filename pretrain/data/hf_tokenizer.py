@@ -34,16 +34,9 @@ class HfClipTokenizer:
     kind = KIND
 
     def __init__(self, model_path: str | os.PathLike, context_length: int = 77, data: bytes | None = None):
-        from .tokenizer import TokenizerError
-        if context_length < 2:
-            raise ValueError("context_length must leave room for sot and eot")
-        self.model_path = Path(model_path)
+        from .tokenizer import TokenizerError, tokenizer_file  # the one error type and preamble of every kind
+        self.model_path, data = tokenizer_file(model_path, context_length, data)
         self.context_length = context_length
-        if data is None:
-            try:
-                data = self.model_path.read_bytes()
-            except OSError as e:
-                raise TokenizerError(f"{self.model_path}: cannot read the tokenizer ({e.strerror or e})") from None
         if not is_hf_tokenizer_json(data):
             raise TokenizerError(f"{self.model_path}: not a Hugging Face tokenizer.json")
         self.sha256 = hashlib.sha256(data).hexdigest()

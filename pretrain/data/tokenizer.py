@@ -161,15 +161,21 @@ def _read(path: Path) -> bytes:
         raise TokenizerError(f"{path}: cannot read the tokenizer ({e.strerror or e})") from None
 
 
+def tokenizer_file(model_path: str | os.PathLike, context_length: int, data: bytes | None) -> tuple[Path, bytes]:
+    """What every tokenizer kind does first: check the context length, and read the file unless its bytes are
+    given (load_tokenizer reads them once to tell the kinds apart)."""
+    if context_length < 2:
+        raise ValueError("context_length must leave room for sot and eot")
+    path = Path(model_path)
+    return path, _read(path) if data is None else data
+
+
 class Tokenizer:
     kind = "sentencepiece"
 
     def __init__(self, model_path: str | os.PathLike, context_length: int = 77, data: bytes | None = None):
-        if context_length < 2:
-            raise ValueError("context_length must leave room for sot and eot")
-        self.model_path = Path(model_path)
+        self.model_path, data = tokenizer_file(model_path, context_length, data)
         self.context_length = context_length
-        data = _read(self.model_path) if data is None else data
         self.sha256 = hashlib.sha256(data).hexdigest()
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=data)
