@@ -40,7 +40,7 @@ def test_grown_checkpoint_contents(grown, source_run):
     entry = client["growth_history"][-1]
     assert entry["move"] == MOVE and entry["source_step"] == SOURCE_STEPS
     assert entry["pim"] == {"m": 0.9, "source": "ema", "seed": 0, "inherit": True, "split": 0.5,
-                            "depth_init": "copy"}  # the CLI's defaults, PIM's
+                            "depth_init": "copy", "noise": 0.0}  # the CLI's defaults, PIM's
     assert entry["layout"] == {"tp": 1, "pp": 1}
     assert client["run_config"]["model"] == arch.to_dict()
     init, m = fresh_init(arch, 0), 0.9  # PIM from the EMA: inherited tensors are exactly the stated blend

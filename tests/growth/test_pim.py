@@ -73,9 +73,9 @@ def test_split_and_depth_init_defaults_and_record():
     from growth.grow import parse_args
     assert (PIM().split, PIM().depth_init) == (0.5, "copy")
     assert PIM(split=0, depth_init="fresh").to_dict() == {"m": 1.0, "source": "ema", "seed": 0, "inherit": True,
-                                                         "split": 0, "depth_init": "fresh"}
+                                                         "split": 0, "depth_init": "fresh", "noise": 0.0}
     base = ["--from", "ckpt", "--move", "vision.layers*=2", "--out", "new"]
     args = parse_args(base)
-    assert (args.split, args.depth_init) == (0.5, "copy")
-    args = parse_args([*base, "--split", "0", "--depth-init", "fresh"])
-    assert (args.split, args.depth_init) == (0.0, "fresh")
+    assert (args.split, args.depth_init, args.noise) == (0.5, "copy", 0.0)
+    args = parse_args([*base, "--split", "0", "--depth-init", "fresh", "--noise", "0.1"])
+    assert (args.split, args.depth_init, args.noise) == (0.0, "fresh", 0.1)
