@@ -343,7 +343,7 @@ def search(src: Source, shards: list[str], samples: int, g: float, budget: Budge
     winner = next((r for r in ranked if r["winner"]), None)
     return {"records": ranked + [r for r in records if r["reference"]], "rejected": rejected,
             "winner": winner, "decision": decision, "g": g, "data_samples": samples, "config": cfg.to_dict(),
-            "budget": budget.to_dict()}
+            "budget": budget.to_dict(), "tokenizer": {"kind": tokenizer.kind, "sha256": tokenizer.sha256}}
 
 
 def write_record(path: Path, result: dict, step: int, extra: dict | None = None) -> None:
@@ -357,7 +357,8 @@ def write_record(path: Path, result: dict, step: int, extra: dict | None = None)
         for r in result["rejected"]:
             f.write(json.dumps({"step": step, "rejected": True, **r}) + "\n")
         if result.get("decision"):
-            f.write(json.dumps({"step": step, "summary": True, **result["decision"], **(extra or {})}) + "\n")
+            tok = {"tokenizer": result["tokenizer"]} if result.get("tokenizer") else {}  # what the proxies read
+            f.write(json.dumps({"step": step, "summary": True, **result["decision"], **tok, **(extra or {})}) + "\n")
     tmp.replace(path)
 
 

@@ -32,7 +32,8 @@ def first_batches(tag_dir: Path | None, run: Path, dp: int):
     options = {"order": data["order"]} if "order" in data else {}
     batches = []
     for rank in range(dp):
-        loader = TrainLoader(load_shards(data["shards"]), load_tokenizer(data["tokenizer"], arch.text.context),
+        shards = data["shards"] or data["stages"][0]  # with data.stages only the first step's batches are right
+        loader = TrainLoader(load_shards(shards), load_tokenizer(data["tokenizer"], arch.text.context),
                              arch.vision.image_size, train["micro_batch"], dp_rank=rank, dp_world=dp,
                              workers=data["workers"], seed=train["seed"], shuffle_buffer=data["shuffle_buffer"],
                              max_pixels=data["max_pixels"], scale=(data["crop_scale_min"], 1.0), **options)

@@ -182,3 +182,40 @@ def test_bad_sources_are_one_line(tmp_path, tiny_data):
         status, err = _main(tmp_path, _config(tmp_path, tiny_data, init_from, f"bad{i}.yaml"))
         assert status == 2, (init_from, err)
         assert err[-1].startswith("error: ") and expected in err[-1], err[-3:]
+
+
+def test_pipeline_run_from_openclip_starts_from_its_weights_and_grows_by_itself(tmp_path, tiny_data):
+    """At parallel.pp=2 (2 ranks, one stage each) the run's first loss is open_clip's ClipLoss of the source model on
+    the batch the first stage took (fp32, 1e-5): the pipeline is built from the init_from weights. Its data then
+    arrives in a second stage at step 2 and the automatic growth (growth.mode=auto, always_grow) searches with the
+    run's CLIP BPE tokenizer, grows, and the grown checkpoint keeps that tokenizer (clip_bpe, same bytes)."""
+    theirs, config, weights = openclip_model(tmp_path)
+    run_cfg = _config(tmp_path, tiny_data, {"openclip": str(config), "weights": str(weights)})
+    shards = tiny_data["shards"]
+    stages = [f"{shards}/shard-{{000000..000003}}.tar", shards]
+    run = tmp_path / "run"
+    launch(run, {"shards": '""', "tokenizer": str(bundled_vocab())}, "train.steps=3", "train.save_every=0",
+           "data.workers=0", "data.order=global", "train.fingerprints=true", f"data.stages={json.dumps(stages)}",
+           "data.stage_steps=[2]", "growth.mode=auto", "growth.candidates=1", "growth.proxy_steps=2",
+           "growth.proxy_batch=8", "growth.heldout_batches=2", "growth.always_grow=true", config=str(run_cfg),
+           small_model=False, ds_config="ds_configs/zero1.json", extra_args=("--pp", "2"))
+    m = metrics(run)
+    (images, texts), = first_batches(None, run, dp=1)
+    from pretrain.trainer import batch_fingerprint
+    assert m[1]["batches"] == [[batch_fingerprint(images, texts)], []]  # the first stage read it, the last none
+    with torch.no_grad():
+        reference = ClipLoss()(*theirs.eval()(images, texts)).item()
+    assert abs(m[1]["loss"] - reference) <= 1e-5, (m[1]["loss"], reference)
+    summary = next(r for r in map(json.loads, (run / "growth" / "search-step2.jsonl").read_text().splitlines())
+                   if r.get("summary"))
+    vocab = load_tokenizer(bundled_vocab())
+    assert summary["tokenizer"] == {"kind": "clip_bpe", "sha256": vocab.sha256} and not summary["kept"]
+    from pretrain import checkpoint as ckpt
+    grown_tag = run / "grown" / "step2" / "step00000002"
+    client = ckpt.read_client_state(grown_tag)
+    assert client["tokenizer_kind"] == "clip_bpe" and client["growth_history"][-1]["move"] == summary["winner"]
+    assert (grown_tag / "tokenizer.model").read_bytes() == bundled_vocab().read_bytes()
+    assert m[3]["params"] > m[2]["params"] and m[3]["data_samples"] == 2 * m[2]["data_samples"]
+    final = ckpt.read_client_state(run / "checkpoints" / "step00000003")
+    assert final["tokenizer_kind"] == "clip_bpe" and final["architecture"] == client["architecture"]
+    assert client["layout"]["pp"] == final["layout"]["pp"] == 2  # the grown run is a pipeline run too
