@@ -184,10 +184,12 @@ def _synthetic_data(vocab: int):
     from . import trainer as T
 
     class Tok:
+        kind = "synthetic"
+
         def __init__(self, path, context):
             self.vocab_size, self.sha256, self.model_path = vocab, "synthetic", None
 
-    patches = {"Tokenizer": Tok, "load_shards": lambda spec: ["synthetic"], "TrainLoader": _Loader}
+    patches = {"load_tokenizer": Tok, "load_shards": lambda spec: ["synthetic"], "TrainLoader": _Loader}
     if hasattr(T, "count_samples"):
         patches["count_samples"] = lambda shards: 0
     with mock.patch.multiple(T, **patches):
