@@ -21,6 +21,13 @@ def grown_model(tag_dir: Path) -> CLIP:
     return model.eval()
 
 
+def saved_model(tag_dir: Path) -> CLIP:
+    """The model of a DeepSpeed checkpoint tag (the run's own save, not a universal grown one)."""
+    model = CLIP(Architecture.from_dict(ckpt.read_client_state(tag_dir)["architecture"]))
+    model.load_state_dict(ckpt.full_state_dict(tag_dir))
+    return model.eval()
+
+
 def first_batches(tag_dir: Path | None, run: Path, dp: int):
     """The batches the resumed run's ranks take first, built as the trainer builds them (pretrain/trainer.py):
     the saved data position, which the loader only honours at the dp it was saved with. tag_dir None: the

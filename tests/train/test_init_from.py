@@ -9,16 +9,14 @@ import torch
 import yaml
 from open_clip.loss import ClipLoss
 
-from pretrain.arch import Architecture
 from pretrain.data.clip_bpe import bundled_vocab
 from pretrain.data.tokenizer import load_tokenizer
 from pretrain.init_from import build, resolve
 from pretrain.loss import ContrastiveLoss
-from pretrain.model import CLIP
 from pretrain.model.openclip import checked_arch_from_openclip_config
 from tests.conftest import ROOT, launch, metrics, rank_env
 from tests.growth.helpers import TOL
-from tests.growth.runs import first_batches, grown_model, single_process_loss
+from tests.growth.runs import first_batches, grown_model, saved_model, single_process_loss
 
 # a tiny OpenCLIP ViT: open_clip builds it from this config; nothing is downloaded
 TINY = {"embed_dim": 32,
@@ -133,12 +131,9 @@ def test_run_from_openclip_grows_preserving_the_loss(tmp_path, tiny_data):
     assert client["architecture"]["vision"]["heads"] == 4
     batches = first_batches(grown_tag, run, dp=2)
     grown = single_process_loss(grown_model(grown_tag), batches)
-    source_tag = run / "checkpoints" / "step00000002"
-    source_arch = Architecture.from_dict(ckpt.read_client_state(source_tag)["architecture"])
-    assert source_arch.vision.heads == 2
-    source = CLIP(source_arch)
-    source.load_state_dict(ckpt.full_state_dict(source_tag))
-    assert abs(single_process_loss(source.eval(), batches) - grown) <= TOL
+    source = saved_model(run / "checkpoints" / "step00000002")
+    assert source.arch.vision.heads == 2
+    assert abs(single_process_loss(source, batches) - grown) <= TOL
     assert abs(metrics(run)[3]["loss"] - grown) <= TOL
     final = ckpt.read_client_state(run / "checkpoints" / "step00000003")
     assert final["tokenizer_kind"] == "clip_bpe" and final["architecture"]["vision"]["heads"] == 4

@@ -14,7 +14,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from eval.export import export_hf
 from eval.load import load_checkpoint
 from pretrain import checkpoint as ckpt
-from pretrain.arch import Architecture, ArchitectureError
+from pretrain.arch import ArchitectureError
 from pretrain.data.clip_bpe import bundled_vocab
 from pretrain.data.tokenizer import load_tokenizer
 from pretrain.init_from import InitError, build, resolve
@@ -23,7 +23,7 @@ from pretrain.model import CLIP
 from pretrain.trainer import batch_fingerprint
 from tests.conftest import ROOT, launch, metrics, rank_env
 from tests.growth.helpers import TOL
-from tests.growth.runs import first_batches, grown_model, single_process_loss
+from tests.growth.runs import first_batches, grown_model, saved_model, single_process_loss
 
 CONTEXT = 16
 CAPTIONS = ["a photo of a t-shirt", "a dress, café crème", "‘curly’ “quotes” &amp; html", "ﬁne Ａ full-width",
@@ -225,12 +225,9 @@ def test_run_from_hf_grows_preserving_the_loss(hf_tp2_growing_run):
     record = metrics(run)[3]
     assert record["batches"] == [[batch_fingerprint(*batches[0])]] * 2
     grown = single_process_loss(grown_model(grown_tag), batches)
-    source_tag = run / "checkpoints" / "step00000002"
-    source_arch = Architecture.from_dict(ckpt.read_client_state(source_tag)["architecture"])
-    assert source_arch.vision.heads == 2
-    source = CLIP(source_arch)
-    source.load_state_dict(ckpt.full_state_dict(source_tag))
-    assert abs(single_process_loss(source.eval(), batches) - grown) <= TOL
+    source = saved_model(run / "checkpoints" / "step00000002")
+    assert source.arch.vision.heads == 2
+    assert abs(single_process_loss(source, batches) - grown) <= TOL
     assert abs(record["loss"] - grown) <= TOL
     final_tag = run / "checkpoints" / "step00000003"
     final = ckpt.read_client_state(final_tag)
