@@ -62,11 +62,9 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
             uni = universal.to_universal(src_tag, work / "source" / src_tag.name)
         new_tag = work / "out" / src_tag.name
         new_tag.mkdir(parents=True)
-        entry = {"move": move, "from": src_arch.to_dict(), "to": dst_arch.to_dict(), "pim": pim.to_dict(),
-                 "reset_moments": reset_moments or not pim.inherit, "source_step": client["step"],
-                 "source": str(src_tag.resolve()),
-                 "layout": {"tp": layout.tp, "pp": layout.pp}, "approximate": notes, **(extra or {})}
-        write_grown(uni, new_tag, dst_arch, plan, states, _grown_client(client, dst_arch, layout, entry), pim,
+        entry = history_entry(move, src_arch, dst_arch, pim, reset_moments, client["step"], str(src_tag.resolve()),
+                              layout, notes, extra)
+        write_grown(uni, new_tag, dst_arch, plan, states, grown_client(client, dst_arch, layout, entry), pim,
                     reset_moments, progress)
         shutil.copyfile(tok, new_tag / "tokenizer.model")
         for name in ("latest", "latest_universal"):
@@ -92,7 +90,15 @@ def _read_source(source: str | Path) -> tuple[Path, dict, dict]:
     return src_tag, states, client
 
 
-def _grown_client(client: dict, dst: Architecture, layout: Layout, entry: dict) -> dict:
+def history_entry(move: str, src: Architecture, dst: Architecture, pim: PIM, reset_moments: bool, step: int,
+                  source: str, layout: Layout, notes: list[str], extra: dict | None) -> dict:
+    """The growth history entry a grown checkpoint appends (`extra`: the search's record, the data size)."""
+    return {"move": move, "from": src.to_dict(), "to": dst.to_dict(), "pim": pim.to_dict(),
+            "reset_moments": reset_moments or not pim.inherit, "source_step": step, "source": source,
+            "layout": {"tp": layout.tp, "pp": layout.pp}, "approximate": notes, **(extra or {})}
+
+
+def grown_client(client: dict, dst: Architecture, layout: Layout, entry: dict) -> dict:
     """The source's client state (step, data position, tokenizer hash, EMA to be grown) at the new
     architecture and layout, with the growth appended to the history."""
     grown = {**client, "architecture": dst.to_dict(),

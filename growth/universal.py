@@ -148,11 +148,18 @@ def optimizer_state_globals() -> list:
 
 
 def write_optimizer_state(src_tag: Path, dst_tag: Path, group_sizes: list[int]) -> None:
-    """The global optimizer state, with the per-parameter alignment padding resized to the grown groups."""
-    sd = load(src_tag / "zero" / OPTIMIZER_STATE, optimizer_state_globals())
+    """The global optimizer state of a universal checkpoint, with the per-parameter alignment padding resized to the
+    grown groups."""
+    path = src_tag / "zero" / OPTIMIZER_STATE
+    save_optimizer_state(load(path, optimizer_state_globals()), dst_tag, group_sizes, str(path))
+
+
+def save_optimizer_state(sd: dict, dst_tag: Path, group_sizes: list[int], origin: str) -> None:
+    """Write `sd` (what ds_to_universal puts in zero/optimizer_state.pt; `origin` names where it came from) for the
+    grown groups: the per-parameter alignment padding resized to them."""
     if len(sd.get("param_groups", [])) != len(group_sizes):
-        raise GrowthError(f"{src_tag / 'zero' / OPTIMIZER_STATE}: {len(sd.get('param_groups', []))} optimizer "
-                          f"parameter groups, the model has {len(group_sizes)}")
+        raise GrowthError(f"{origin}: {len(sd.get('param_groups', []))} optimizer parameter groups, the model has "
+                          f"{len(group_sizes)}")
     if "param_alignment_paddings" in sd:
-        sd["param_alignment_paddings"] = [[0] * n for n in group_sizes]
+        sd = {**sd, "param_alignment_paddings": [[0] * n for n in group_sizes]}
     torch.save(sd, dst_tag / "zero" / OPTIMIZER_STATE)

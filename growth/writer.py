@@ -31,6 +31,14 @@ def param_shapes(model: torch.nn.Module) -> list[OrderedDict]:
     return [OrderedDict((name, p.shape) for name, p in group) for group in named_groups(model)]
 
 
+def with_grown_ema(client: dict, grown_ema: dict, pim: PIM) -> dict:
+    """The grown client state with its EMA weights replaced by the grown ones (no inheritance: the EMA's warm-up
+    starts again)."""
+    if not client.get("ema"):
+        return client
+    return {**client, "ema": {**client["ema"], "shadow": grown_ema, **({} if pim.inherit else {"t": 0})}}
+
+
 def write_grown(src_tag: Path, dst_tag: Path, dst: Architecture, plan: dict[str, TensorMap], states: dict,
                 client: dict, pim: PIM, reset_moments: bool, progress: bool) -> None:
     """Write the grown tag folder from the universal `src_tag`. `states`: the source's model-states file;
@@ -54,9 +62,8 @@ def write_grown(src_tag: Path, dst_tag: Path, dst: Architecture, plan: dict[str,
                                pim.blend(pim.mapped(tmap, source_of(tmap, ema), init[name]), init[name]))
     shapes = param_shapes(model)
     universal.write_optimizer_state(src_tag, dst_tag, [len(g) for g in shapes])
-    restart = {} if pim.inherit else {"t": 0}  # no inheritance: the EMA's warm-up starts again
-    grown_client = {**client, "ema": {**client["ema"], "shadow": grown_ema, **restart}} if client.get("ema") else client
-    states = {**states, "module": module, "param_shapes": shapes, ckpt.CLIENT_KEY: grown_client,
+    states = {**states, "module": module, "param_shapes": shapes,
+              ckpt.CLIENT_KEY: with_grown_ema(client, grown_ema, pim),
               "universal_checkpoint_info": uc_info, "mp_world_size": 1,  # the module written here is whole
               "checkpoint_parallel_dimensions": {"pp_degree": 1, "tp_degree": 1}}
     torch.save(states, dst_tag / ckpt.MODEL_STATES)

@@ -121,6 +121,8 @@ class GrowthConfig:
                                                   # vision.layers, text.width, ..., shared, a bare field for both
                                                   # towers, compound); empty: all
     shared_encoder: bool = True                   # auto: false leaves the shared encoder out of the space
+    live: bool = True                             # written growths from the running engine (growth/live.py) where
+                                                  # it can (tp = pp = 1, ZeRO-1/2); false: save, then grow the save
 
 
 @dataclass

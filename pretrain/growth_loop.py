@@ -27,6 +27,7 @@ import dataclasses
 import gc
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +36,13 @@ import torch.distributed as dist
 
 from growth.candidates import Budget
 from growth.errors import GrowthError
-from growth.hook import grow_checkpoint
+from growth.hook import grow_checkpoint, grown_client, history_entry
+from growth.live import grow_live, live_reason, pause_for_test
 from growth.pim import PIM
+from growth.plan import plan_growth
 from growth.search import SearchConfig, reference_samples
 from growth.space import check_growth, target_architecture, validate_layout
+from growth.summary import table
 
 from . import checkpoint as ckpt
 from .arch import Architecture
@@ -115,22 +119,31 @@ def close(trainer: Trainer) -> None:
     parallel_state.destroy_model_parallel()
 
 
-def grown_after_crash(out: Path, client: dict) -> Path | None:
-    """OUT/grown/step<N> when a run resumes from the pre-growth save of step N (a stop between the growth and
-    the next save): the grown checkpoint is complete (it is written by rename), so the run goes on from it."""
-    if not client:
+def grown_after_crash(out: Path, client: dict, latest: bool = False) -> Path | None:
+    """The grown checkpoint a resume goes on from instead of `client`'s checkpoint, if any. A grown checkpoint is
+    complete (it is written by rename) and holds the step it grew at. Without `latest`: OUT/grown/step<N> when the
+    run resumes from the pre-growth save of step N (a stop between the growth and the next save). With `latest`
+    (`--resume latest`): the newest OUT/grown/step<K>, K >= the checkpoint's step (0 without one), whose history
+    continues the checkpoint's (a live growth writes no save before it, so a stop after it leaves the last save
+    older than the grown checkpoint)."""
+    step = client.get("step", 0)
+    taken = [h.get("source_step") for h in client.get("growth_history", [])]
+    found = []
+    for folder in (out / "grown").glob("step*") if (out / "grown").is_dir() else ():
+        k = folder.name[len("step"):]
+        if not k.isdigit() or int(k) < step or (int(k) != step and not latest) or int(k) in taken:
+            continue
+        if not (folder / "latest").is_file() or (not client and not latest):
+            continue
+        tag = ckpt.resume_dir(folder, str(folder))
+        history = [h.get("source_step") for h in ckpt.read_client_state(tag).get("growth_history", [])]
+        if history and history[-1] == int(k) and history[:len(taken)] == taken:
+            found.append((int(k), tag))
+    if not found:
         return None
-    step = client["step"]
-    folder = out / "grown" / f"step{step}"
-    taken = {h.get("source_step") for h in client.get("growth_history", [])}
-    if step in taken or not (folder / "latest").is_file():
-        return None
-    tag = ckpt.resume_dir(folder, str(folder))
-    history = ckpt.read_client_state(tag).get("growth_history", [])
-    if not history or history[-1].get("source_step") != step:
-        return None
+    k, tag = max(found)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"resuming from {tag}: the growth at step {step} was written before the run stopped", flush=True)
+        print(f"resuming from {tag}: the growth at step {k} was written before the run stopped", flush=True)
     return tag
 
 
@@ -149,7 +162,7 @@ class GrowingRun:
         self.source = ckpt.resume_dir(cfg.train.out_dir, resume)
         client = ckpt.read_client_state(self.source) if self.source else {}
         start = client.get("step", 0)
-        grown = grown_after_crash(self.out, client)
+        grown = grown_after_crash(self.out, client, latest=resume == "latest")
         if grown:
             self.source, resume = grown, str(grown)
             client = ckpt.read_client_state(grown)
@@ -233,7 +246,19 @@ class GrowingRun:
         ends = [s for s in (min(events, default=0), self.cfg.train.stop_after) if s]
         return min(ends, default=0)
 
-    def _trainer(self, tp: int, pp: int, resume: str | None) -> Trainer:
+    def live_reason(self, tp: int, pp: int) -> str | None:
+        """Why a written growth from a trainer at (tp, pp) is not taken from the running engine (None: it is)."""
+        return "growth.live=false" if not self.cfg.growth.live else live_reason(self.zero_stage, tp, pp)
+
+    def _live_growth_next(self, tp: int, pp: int) -> bool:
+        """Whether the next segment ends at a written growth that the running engine grows into (so that segment
+        saves nothing extra at its end): not when the run stops there (train.stop_after) or at a stage crossing."""
+        stop, user_stop = self._next_stop(), self.cfg.train.stop_after
+        return (bool(self.pending) and self.pending[0].step == stop and self.cfg.growth.mode == "steps"
+                and not (user_stop and stop >= user_stop) and not any(b == stop for b, _ in self.boundaries)
+                and self.live_reason(tp, pp) is None)
+
+    def _trainer(self, tp: int, pp: int, resume: str | None, pause: dict | None = None) -> Trainer:
         cfg = self.cfg
         data = cfg.data
         if self.stages:
@@ -244,7 +269,8 @@ class GrowingRun:
         seg = dataclasses.replace(cfg, data=data,
                                   train=dataclasses.replace(cfg.train, stop_after=self._next_stop()),
                                   parallel=dataclasses.replace(cfg.parallel, tp=tp, pp=pp))
-        return Trainer(seg, self.ds_config, resume=resume, grow_at_samples=grow_at)
+        return Trainer(seg, self.ds_config, resume=resume, grow_at_samples=grow_at,
+                       save_at_stop=not self._live_growth_next(tp, pp), pause=pause)
 
     # ---- the loop ---------------------------------------------------------------------------------
     def _due(self) -> tuple[GrowthStep | None, int | None, bool]:
@@ -261,7 +287,7 @@ class GrowingRun:
                 self.trainer.train()
                 if self.trainer.preempted:  # saved (or nothing new since the last save): no growth now; the
                     return  # resume takes the pending growth at this step exactly once (resume_plan, grown_after_crash)
-                self.source = Path(*ckpt.resolve(self.out))
+                self.source = ckpt.resume_dir(self.out, "latest")  # None before the first save (live growth)
             step = self.trainer.step
             if step >= self.cfg.train.steps or (stop_after and step >= stop_after) or not any(self._due()):
                 return  # done, or stopped by train.stop_after: a later job resumes, and grows first if due
@@ -286,6 +312,10 @@ class GrowingRun:
         if growth is None and stage is None and not search:
             self.trainer.data_grew = False  # nothing to do: train on
             return
+        pause = {"since": self.trainer.last_step_end or time.perf_counter(), "kind": "checkpoint"}
+        grown = None
+        if growth is not None and self.live_reason(layout.tp, layout.pp) is None:
+            grown, pause["kind"] = self._grow_live(growth, samples, pause), "live"
         trainer, self.trainer = self.trainer, None
         close(trainer)
         del trainer
@@ -293,8 +323,10 @@ class GrowingRun:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         resume, tp_pp = self.source, (layout.tp, layout.pp)
+        if grown is not None:
+            pause_for_test("restart", grown, rank)
         if growth is not None:
-            resume, tp_pp = self._grow(growth, samples), (growth.tp, growth.pp)
+            resume, tp_pp = grown or self._grow(growth, samples), (growth.tp, growth.pp)
             self.pending.pop(0)
         elif search:
             grown, result = self._search(step, shards, samples, samples / max(self.reference, 1), layout)
@@ -305,7 +337,31 @@ class GrowingRun:
         if stage is not None:
             self.stage = stage
             self.boundaries.pop(0)
-        self.trainer = self._trainer(*tp_pp, str(resume))
+        self.trainer = self._trainer(*tp_pp, str(resume), pause if growth is not None else None)
+
+    def _grow_live(self, g: GrowthStep, samples: int, pause: dict) -> Path:
+        """The written growth `g` from the running engine, on every rank (growth/live.py), into OUT/grown/step<N>;
+        the trainer is closed after it. `pause` gets the seconds it took."""
+        trainer = self.trainer
+        started = time.perf_counter()
+        src = trainer.arch
+        target = Layout.for_world(self.world, g.tp, g.pp)
+        dst, move = target_architecture(src, g.moves)
+        notes = check_growth(src, dst)
+        validate_layout(dst, target)
+        plan = plan_growth(src, dst, split=self.pim.split, depth_init=self.pim.depth_init)
+        client = trainer.client_state()
+        entry = history_entry(move, src, dst, self.pim, False, client["step"], f"live:{self.out}@step{client['step']}",
+                              target, notes, {"data_samples": samples})
+        out = self.out / "grown" / f"step{g.step}"
+        tag, times = grow_live(trainer.engine, grown_client(client, dst, target, entry), dst, plan, self.pim, out,
+                               Path(trainer.tokenizer.model_path))
+        pause.update({k: round(v, 3) for k, v in times.items()}, grow_total_s=round(time.perf_counter() - started, 3))
+        if trainer.rank == 0:
+            for note in notes:
+                print(f"warning: {note}", flush=True)
+            print(f"grew the running model at step {g.step} ({move}) -> {tag}\n{table(src, dst)}", flush=True)
+        return tag
 
     def _grow(self, g: GrowthStep, samples: int) -> Path:
         """Rank 0 grows the saved checkpoint while the others wait; every rank gets the grown folder or the error."""

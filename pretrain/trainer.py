@@ -168,10 +168,14 @@ def _unpartition(part: torch.Tensor, param) -> torch.Tensor:
 
 class Trainer:
     """`grow_at_samples`: with data.refresh_every, stop (and save) once the re-read data holds this many samples,
-    so that pretrain/growth_loop.py can grow the model (`data_grew` tells it why the run stopped)."""
+    so that pretrain/growth_loop.py can grow the model (`data_grew` tells it why the run stopped). `save_at_stop`
+    False: no save at the last step (train.stop_after) unless train.save_every asks for one, for a live growth
+    (growth/live.py) that writes that step's checkpoint itself. `pause`: {"since": time.perf_counter() at the end of
+    the last step before a growth, + what to record}; rank 0 appends it with `pause_s`, the time until the first
+    step starts, to OUT/growth_pauses.jsonl (timings; metrics.jsonl stays deterministic)."""
 
     def __init__(self, cfg: RunConfig, ds_config: dict, resume: str | None = None,
-                 grow_at_samples: int | None = None):
+                 grow_at_samples: int | None = None, save_at_stop: bool = True, pause: dict | None = None):
         self.cfg = cfg
         self.out = Path(cfg.train.out_dir)
         resume_dir = ckpt.resume_dir(self.out, resume)
@@ -193,6 +197,9 @@ class Trainer:
         self.data_samples_first = (client or {}).get("data_samples_first", self.data_samples)  # growth's reference
         self.grow_at_samples, self.data_grew = grow_at_samples, False
         self.preempted = False  # train() stopped for SIGUSR1/SIGTERM after saving (EXIT_PREEMPTED)
+        # growth_loop: no save at the segment's last step when a live growth writes the step's checkpoint; the
+        # growth pause is timed from the last step before it (pause["since"]) to this trainer's first step
+        self.save_at_stop, self.pause, self.last_step_end = save_at_stop, pause, None
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.layout = Layout.for_world(world, cfg.parallel.tp, cfg.parallel.pp)
@@ -453,7 +460,10 @@ class Trainer:
         # is on disk (the last save, or the grown checkpoint that --resume latest picks up), so stop unsaved
         self.preempted = self.step < last and self._stop_requested()
         while self.step < last and not self.preempted:
+            if self.pause is not None:
+                self._record_pause(time.perf_counter())
             record = self.train_step(it)  # loss still on the device
+            self.last_step_end = time.perf_counter()
             self.samples_seen += samples_per_step
             record.update({"samples": self.samples_seen, "data_samples": self.data_samples,
                            "gflops": self.gflops, "params": self.params})
@@ -469,8 +479,8 @@ class Trainer:
                 self._refresh_data()
             check = self.step < last and (self.step % check_every == 0 or self.step % cfg.log_every == 0)
             self.preempted = check and self._stop_requested()
-            if ((cfg.save_every and self.step % cfg.save_every == 0) or self.step == last or self.data_grew
-                    or self.preempted):
+            if ((cfg.save_every and self.step % cfg.save_every == 0) or (self.step == last and self.save_at_stop)
+                    or self.data_grew or self.preempted):
                 self.save()
             if self.preempted and self.rank == 0:
                 print(f"\ntrainer: stopped by signal {_stop_signal['signum'] or 'on another rank'} after step "
@@ -483,6 +493,16 @@ class Trainer:
         if writer:
             writer.close()
         return history
+
+    def _record_pause(self, now: float) -> None:
+        pause, self.pause = self.pause, None
+        if self.rank != 0:
+            return
+        record = {"step": self.step, "pause_s": round(now - pause.pop("since"), 3), **pause}
+        print(f"trainer: growth pause after step {self.step}: {record['pause_s']:.1f} s "
+              f"({', '.join(f'{k} {v}' for k, v in pause.items())})", flush=True)
+        with open(self.out / "growth_pauses.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _stop_requested(self) -> bool:
         """Whether any rank got SIGUSR1/SIGTERM (collective over all ranks: call it at the same step on each)."""
@@ -584,7 +604,14 @@ class Trainer:
                 f.write(json.dumps({"step": self.step, **results}) + "\n")
 
     def save(self) -> Path:
-        self._flush()  # the metrics of every step up to the checkpoint are written before it
+        client = self.client_state()
+        return ckpt.save(self.engine, self.out / "checkpoints", self.step, client, self.uc_info,
+                         self.tokenizer.model_path, keep_last=self.cfg.train.keep_last)
+
+    def client_state(self) -> dict:
+        """Our part of a checkpoint at this step (collective): architecture, step, every data-parallel rank's data
+        position, tokenizer, full EMA, layout, growth history. The metrics of every step so far are written first."""
+        self._flush()
         states = [None] * dist.get_world_size()
         dist.all_gather_object(states, (self.reads_data, self.dp_rank, self.loader.state_dict()))
         # one position per data-parallel rank, from the ranks that read data
@@ -596,5 +623,4 @@ class Trainer:
                   "growth_history": self.growth_history, "run_config": self.cfg.to_dict(),
                   "samples": self.samples_seen, "data_samples": self.data_samples,
                   "data_samples_first": self.data_samples_first}
-        return ckpt.save(self.engine, self.out / "checkpoints", self.step, client, self.uc_info,
-                         self.tokenizer.model_path, keep_last=self.cfg.train.keep_last)
+        return client

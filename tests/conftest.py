@@ -66,16 +66,20 @@ def launch(out_dir: Path, data: dict, *overrides: str, nproc: int = 2, ds_config
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if while_running is None:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    else:
+    else:  # in its own session (a callback may kill the whole group); `running.output_path`: its stdout so far
+        import signal
         import tempfile
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            running = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+        with tempfile.NamedTemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            running = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, text=True,
+                                       start_new_session=True)
+            running.output_path = Path(out.name)
             try:
                 while_running(running)
                 running.wait(timeout=900)
             finally:
                 if running.poll() is None:
-                    running.kill()
+                    os.killpg(running.pid, signal.SIGKILL)
+                    running.wait()
             out.seek(0), err.seek(0)
             proc = subprocess.CompletedProcess(cmd, running.returncode, out.read(), err.read())
     if check and proc.returncode != 0:

@@ -32,6 +32,7 @@ def growing_run(tiny_data, tmp_path_factory):
            f"growth.at_steps=[{','.join(map(str, GROWTHS))}]", f"growth.moves=[{moves}]",
            f"growth.tp=[{','.join(str(tp) for _, tp in GROWTHS.values())}]", "growth.pim_source=last",
            "train.fingerprints=true",  # the per-step "batches" that the data-order checks read
+           "train.save_every=2",  # the step-2 growth is live (no save of its own): the source save the tests read
            ds_config="ds_configs/zero1.json")
     return run
 
