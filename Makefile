@@ -95,7 +95,7 @@ test: install lint
 bench: install
 	$(PY) -m kernels.bench
 
-bench-growth: install
+bench-growth: install data-synthetic
 	$(PY) -m growth.bench
 
 clean:

@@ -121,7 +121,7 @@ def test_run_from_openclip_grows_preserving_the_loss(tmp_path, tiny_data):
     run_cfg = _config(tmp_path, tiny_data, {"openclip": str(config), "weights": str(weights)})
     run = tmp_path / "run"
     launch(run, {"shards": tiny_data["shards"], "tokenizer": str(bundled_vocab())}, "train.steps=3",
-           "train.save_every=0", "growth.at_steps=[2]", "growth.moves=[vision.heads*=2]", "growth.pim_source=last",
+           "train.save_every=2", "growth.at_steps=[2]", "growth.moves=[vision.heads*=2]", "growth.pim_source=last",
            config=str(run_cfg), small_model=False, ds_config="ds_configs/zero1.json")
     from pretrain import checkpoint as ckpt
     grown_tag = run / "grown" / "step2" / "step00000002"
