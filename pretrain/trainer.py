@@ -26,6 +26,7 @@ from .data.manifest import count_samples, first_missing, load_shards
 from .data.pipeline import TrainLoader
 from .data.tokenizer import load_tokenizer
 from .ema import EMA
+from .fp8 import check_fp8, convert_to_fp8
 from .loss import ContrastiveLoss
 from .model import CLIP, set_backend
 from .model.clip import logit_scale_value
@@ -222,6 +223,7 @@ class Trainer:
         self.reads_data = self.pp_rank == 0  # only the first stage feeds the pipeline
         self.device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
                        else torch.device("cpu"))
+        check_fp8(cfg.train.fp8, self.device, self.layout.tp)  # before any model is built
         self.dtype = train_dtype(ds_config)
         self.kernels = kernel_choice(cfg.train.kernels, self.device, cfg.train.micro_batch * self.layout.dp,
                                      self.dtype)
@@ -242,6 +244,7 @@ class Trainer:
         model = CLIP(self.arch) if resume_dir or not cfg.init_from else self._init_from(cfg.init_from)
         self.params = sum(p.numel() for p in model.parameters())
         model = apply_tensor_parallel(model, self.layout.tp)
+        self.fp8_layers = convert_to_fp8(model) if cfg.train.fp8 else 0  # tp = 1 (check_fp8)
         self.uc_info = ckpt.universal_checkpoint_info([n for n, _ in model.named_parameters()], self.arch.text.vocab,
                                                       self.layout.tp)
         if self.layout.pp > 1:
@@ -290,7 +293,8 @@ class Trainer:
             print(f"trainer: kernels attention={self.kernels['attention']} loss={self.kernels['loss']} (record: "
                   f"{self.kernels['record'] or 'none'}), compile={'on' if self.compiled else 'off'}, optimizer="
                   f"{self.optimizer_kind}, fingerprints={'on' if cfg.train.fingerprints else 'off'}, loss features "
-                  f"{DTYPE_NAMES[self.dtype]}", flush=True)
+                  f"{DTYPE_NAMES[self.dtype]}, fp8={f'{self.fp8_layers} linear layers' if cfg.train.fp8 else 'off'}",
+                  flush=True)
 
     def _init_from(self, spec: dict) -> CLIP:
         """A fresh run's first weights from model.init_from (pretrain/init_from.py); a resume never comes here."""
