@@ -105,6 +105,11 @@ def test_bench_summary_and_decision():
     assert summary["attention_vit_b16_speedup_vs_best_sdpa"] == 2.0
     assert summary["loss_B65536_D512_fp32_time_ratio"] == 0.5
     assert summary["loss_B65536_D512_fp32_memory_ratio"] == 0.0025
+    assert "loss_B65536_D512_bf16_meets_target" not in summary  # no bf16 rows
+    bf16 = [dict(r, dtype="bf16") for r in result["loss"]]
+    assert bench._summary({**result, "loss": bf16})["loss_B65536_D512_bf16_meets_target"]  # 0.5x, 1/400
+    bf16[0]["ms"] = 51.0
+    assert not bench._summary({**result, "loss": bf16})["loss_B65536_D512_bf16_meets_target"]
     record = auto.decide({**result, "summary": summary})
     assert record["attention"] == {"n224_d64": "triton"} and record["loss"] == {"b65536": "triton"}
 
