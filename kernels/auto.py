@@ -9,8 +9,10 @@ never picked for head dims above `kernels.attention.MAX_HEAD_DIM`, so `auto` nev
 Shape classes:
   attention: "n{N bucket}_d{BLOCK_D}[_causal]", the tile-table buckets of kernels/attention.py (N <= 64, 96,
              128, 224, 320, 640, "large"), head dim rounded up to 32/64/128, causal or not;
-  loss:      "b{B bucket}", B = the global batch (rows of the gathered features): <= 4096, 16384, 32768, 65536,
-             "large".
+  loss:      "b{B bucket}[_bf16|_fp16]", B = the global batch (rows of the gathered features): <= 4096, 16384,
+             32768, 65536, "large"; the suffix is the dtype of the features the trainer passes (its training dtype),
+             none for fp32. The 16-bit classes are judged on the 16-bit rows of the bench: there ClipLoss runs
+             16-bit GEMMs, as our torch path does (pretrain/loss.py), so fp32 rows say nothing about them.
 
     python -m kernels.auto                      # what auto picks here, as JSON
     python -m kernels.auto --merge FILE [...]   # merge records written on GPU hosts into kernels/records.json
@@ -51,8 +53,9 @@ def attention_class(n: int, head_dim: int, causal: bool) -> str | None:
     return f"n{bucket}_d{block_d}" + ("_causal" if causal else "")
 
 
-def loss_class(batch: int) -> str:
-    return "b" + str(next((b for b in B_BUCKETS if batch <= b), "large"))
+def loss_class(batch: int, dtype: str = "fp32") -> str:
+    """dtype: "fp32", "bf16" or "fp16", the features' dtype."""
+    return "b" + str(next((b for b in B_BUCKETS if batch <= b), "large")) + ("" if dtype == "fp32" else f"_{dtype}")
 
 
 def load_records(path: Path | str = RECORDS) -> dict:
@@ -92,16 +95,15 @@ def attention_impl(n: int, head_dim: int, causal: bool) -> str:
     return _ACTIVE["attention"].get(cls, "sdpa") if cls else "sdpa"
 
 
-def loss_impl(batch: int) -> str:
-    """"triton" or "torch" for a global batch of `batch` rows under the active tables (auto)."""
-    return _ACTIVE["loss"].get(loss_class(batch), "torch")
+def loss_impl(batch: int, dtype: str = "fp32") -> str:
+    """"triton" or "torch" for a global batch of `batch` rows of `dtype` features under the active tables (auto)."""
+    return _ACTIVE["loss"].get(loss_class(batch, dtype), "torch")
 
 
 def decide(bench: dict) -> dict:
     """A record from a `kernels.bench` result: per attention shape, triton if ours beat every SDPA backend that
-    ran; per loss batch, triton if ours was faster than OpenCLIP's ClipLoss at every D measured (or ClipLoss did
-    not run, e.g. out of memory, and ours did), judged on the fp32-feature rows when there are any (the trainer
-    calls the loss on fp32 features)."""
+    ran; per loss batch and feature dtype, triton if ours was faster than OpenCLIP's ClipLoss at every D measured
+    (or ClipLoss did not run, e.g. out of memory, and ours did). A loss row without a dtype counts as fp32."""
     attention, loss = {}, {}
     for r in bench.get("attention", []):
         cls = attention_class(r["N"], r["D"], r["causal"])
@@ -111,15 +113,16 @@ def decide(bench: dict) -> dict:
         ours = [x["ms"] for x in rows if x["impl"] == "ours" and "ms" in x]
         sdpa = [x["ms"] for x in rows if x["impl"].startswith("sdpa") and "ms" in x]
         attention[cls] = "triton" if ours and (not sdpa or ours[0] < min(sdpa)) else "sdpa"
-    rows = bench.get("loss", [])
-    if any(r.get("dtype") == "fp32" for r in rows):  # the trainer passes fp32 features: judge on those
-        rows = [r for r in rows if r.get("dtype") == "fp32"]
-    for b in sorted({r["B"] for r in rows}):
-        wins = []
-        for d in sorted({r["D"] for r in rows if r["B"] == b}):
-            ms = {x["impl"]: x.get("ms") for x in rows if (x["B"], x["D"]) == (b, d)}
-            wins.append(ms.get("ours") is not None and (ms.get("open_clip") is None or ms["ours"] < ms["open_clip"]))
-        loss[loss_class(b)] = "triton" if wins and all(wins) else "torch"
+    all_rows = bench.get("loss", [])
+    for dtype in sorted({r.get("dtype", "fp32") for r in all_rows}):
+        rows = [r for r in all_rows if r.get("dtype", "fp32") == dtype]
+        for b in sorted({r["B"] for r in rows}):
+            wins = []
+            for d in sorted({r["D"] for r in rows if r["B"] == b}):
+                ms = {x["impl"]: x.get("ms") for x in rows if (x["B"], x["D"]) == (b, d)}
+                wins.append(ms.get("ours") is not None
+                            and (ms.get("open_clip") is None or ms["ours"] < ms["open_clip"]))
+            loss[loss_class(b, dtype)] = "triton" if wins and all(wins) else "torch"
     return {"device": bench.get("device"), "date": bench.get("date"), "torch": bench.get("torch"),
             "triton": bench.get("triton"), "attention": attention, "loss": loss,
             "evidence": bench.get("summary", {})}

@@ -7,13 +7,16 @@ ViT-B/16 (256x12x197x64), ViT-L/14 (128x16x257x64) and text (512x8x77x64, causal
 FLOP convention: forward 4*B*H*N*N*D (two matmuls), halved when causal; fwd+bwd = 3.5 x forward
 (the backward's five matmuls = 2.5 x forward, recomputation not counted).
 CLIP loss (bf16 features, fwd+bwd): ours vs open_clip.loss.ClipLoss at B in {16384, 32768, 65536},
-D in {512, 768}, and with fp32 features at D = 512 (what the trainer passes: pretrain/loss.py casts to fp32; our
-kernel then runs TF32 dots, kernels/contrastive.py DOT_PRECISION). Times are triton.testing.do_bench medians after
+D in {512, 768}, and with fp32 features at D = 512. The trainer passes the features in its training dtype
+(pretrain/loss.py): the bf16 rows are a bf16 run's case, the fp32 rows an fp32 run's (our kernel then runs TF32 dots,
+kernels/contrastive.py DOT_PRECISION). The summary's `loss_B65536_D512_bf16_meets_target` checks issue 19's target:
+<= 0.5x ClipLoss's time and <= 1/30 of its extra memory. Times are triton.testing.do_bench medians after
 warm-up (ms) on random inputs; memory is the peak allocated during one fwd+bwd minus what was allocated before it
 (GiB). `--record FILE` writes what `train.kernels=auto` should pick on this GPU model (kernels/auto.py `decide`:
 per attention shape class ours only if faster than every SDPA backend; per loss batch class ours only if faster
 than ClipLoss at every D, judged on the fp32 rows); merge it into kernels/records.json with
-`python -m kernels.auto --merge FILE`. Without CUDA it prints a message and exits 0.
+`python -m kernels.auto --merge FILE`; the loss classes are per feature dtype (kernels/auto.py). Without CUDA it
+prints a message and exits 0.
 """
 import argparse
 import datetime
@@ -31,6 +34,7 @@ ATTENTION_SHAPES = {  # name: (B, H, N, D, causal)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 LOSS_SHAPES = [(b, d, "bf16") for b in (16384, 32768, 65536) for d in (512, 768)] + \
     [(b, 512, "fp32") for b in (16384, 32768, 65536)]
+TARGET_TIME, TARGET_MEMORY = 0.5, 1 / 30  # issue 19, bf16 at B = 65536, D = 512: ours over ClipLoss
 
 
 def _measure(fn):
@@ -123,6 +127,9 @@ def _summary(result):
             out[f"loss_B{B}_D{D}_{dtype}_time_ratio"] = round(r["ours"]["ms"] / r["open_clip"]["ms"], 3)
             out[f"loss_B{B}_D{D}_{dtype}_memory_ratio"] = round(
                 r["ours"]["peak_gib"] / max(r["open_clip"]["peak_gib"], 1e-9), 4)
+    time_ratio, memory_ratio = (out.get(f"loss_B65536_D512_bf16_{k}_ratio") for k in ("time", "memory"))
+    if time_ratio is not None:  # issue 19's target for the bf16 loss
+        out["loss_B65536_D512_bf16_meets_target"] = time_ratio <= TARGET_TIME and memory_ratio <= TARGET_MEMORY
     return out
 
 

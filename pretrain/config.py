@@ -73,6 +73,8 @@ class TrainConfig:
     optimizer: str = "auto"          # auto: torch AdamW(fused=True) on CUDA, AdamW (foreach) elsewhere; torch,
                                      # torch_fused, deepspeed_fused (DeepSpeed FusedAdam, JIT-built on first use)
     ema_warmup: bool = True          # EMA decay min(ema_decay, (1+t)/(10+t)) after t updates (pretrain/ema.py)
+    fp8: bool = False                # the towers' linear layers in float8 (torchao; pretrain/fp8.py): needs a
+                                     # GPU of compute capability >= 8.9, torchao and tp = 1, else refused
 
 
 @dataclass

@@ -26,6 +26,7 @@ from .data.manifest import count_samples, first_missing, load_shards
 from .data.pipeline import TrainLoader
 from .data.tokenizer import load_tokenizer
 from .ema import EMA
+from .fp8 import check_fp8, convert_to_fp8
 from .loss import ContrastiveLoss
 from .model import CLIP, set_backend
 from .model.clip import logit_scale_value
@@ -113,10 +114,23 @@ def uses_triton(cfg: RunConfig) -> bool:
     return cfg.train.kernels == "triton"
 
 
-def kernel_choice(kernels: str, device: torch.device, global_batch: int) -> dict:
+def train_dtype(ds_config: dict) -> torch.dtype:
+    """The dtype DeepSpeed trains in (weights, activations, the features the loss receives), from its config
+    ("bfloat16" is DeepSpeed's other name for the bf16 section); the trainer checks it against the engine."""
+    def enabled(*keys):
+        return any(isinstance(ds_config.get(k), dict) and ds_config[k].get("enabled") is True for k in keys)
+    return torch.bfloat16 if enabled("bf16", "bfloat16") else torch.float16 if enabled("fp16") else torch.float32
+
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def kernel_choice(kernels: str, device: torch.device, global_batch: int,
+                  dtype: torch.dtype = torch.float32) -> dict:
     """{"attention": backend for pretrain.model.set_backend, "loss": "triton" | "torch", "record": GPU model or
     None} for train.kernels. auto activates this GPU model's record in kernels/records.json (SDPA and the torch
-    loss for every shape class it does not name, and everywhere without one)."""
+    loss for every shape class it does not name, and everywhere without one); the loss class includes the
+    features' dtype (the training dtype)."""
     if kernels != "auto":
         impl = "triton" if kernels == "triton" else "torch"
         return {"attention": impl, "loss": impl, "record": None}
@@ -125,8 +139,8 @@ def kernel_choice(kernels: str, device: torch.device, global_batch: int) -> dict
     tables = auto.choose(record) if record and triton_available() else {"attention": {}, "loss": {}}
     auto.activate(tables)
     return {"attention": "auto" if "triton" in tables["attention"].values() else "torch",
-            "loss": auto.loss_impl(global_batch), "record": auto.gpu_model(torch.cuda.get_device_name(device))
-            if record else None}
+            "loss": auto.loss_impl(global_batch, DTYPE_NAMES[dtype]),
+            "record": auto.gpu_model(torch.cuda.get_device_name(device)) if record else None}
 
 
 def compile_mode(value) -> str:
@@ -216,9 +230,13 @@ class Trainer:
         self.reads_data = self.pp_rank == 0  # only the first stage feeds the pipeline
         self.device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
                        else torch.device("cpu"))
-        self.kernels = kernel_choice(cfg.train.kernels, self.device, cfg.train.micro_batch * self.layout.dp)
+        check_fp8(cfg.train.fp8, self.device, self.layout.tp)  # before any model is built
+        self.dtype = train_dtype(ds_config)
+        self.kernels = kernel_choice(cfg.train.kernels, self.device, cfg.train.micro_batch * self.layout.dp,
+                                     self.dtype)
         self.use_triton = self.kernels["loss"] == "triton"
-        self.loss_fn = ContrastiveLoss(self.dp_group, self.use_triton)  # fp32, gathered over data parallelism
+        # features in the training dtype, gathered over data parallelism; logits, log-sum-exp and loss in fp32
+        self.loss_fn = ContrastiveLoss(self.dp_group, self.use_triton)
         set_backend(self.kernels["attention"])
         if uses_triton(cfg):
             check_kernel_head_dims(self.arch)
@@ -233,6 +251,7 @@ class Trainer:
         model = CLIP(self.arch) if resume_dir or not cfg.init_from else self._init_from(cfg.init_from)
         self.params = sum(p.numel() for p in model.parameters())
         model = apply_tensor_parallel(model, self.layout.tp)
+        self.fp8_layers = convert_to_fp8(model) if cfg.train.fp8 else 0  # tp = 1 (check_fp8)
         self.uc_info = ckpt.universal_checkpoint_info([n for n, _ in model.named_parameters()], self.arch.text.vocab,
                                                       self.layout.tp)
         if self.layout.pp > 1:
@@ -250,8 +269,11 @@ class Trainer:
                                     cfg.growth.rewarm_steps)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=ds_config, mpu=mpu)
-        self.dtype = (torch.bfloat16 if self.engine.bfloat16_enabled() else
-                      torch.float16 if self.engine.fp16_enabled() else torch.float32)
+        engine_dtype = (torch.bfloat16 if self.engine.bfloat16_enabled() else
+                        torch.float16 if self.engine.fp16_enabled() else torch.float32)
+        if engine_dtype != self.dtype:  # the loss and the kernel choice assumed self.dtype
+            raise ConfigError(f"the DeepSpeed config trains in {engine_dtype}, but its bf16/fp16 sections read as "
+                              f"{self.dtype}: write \"enabled\": true or false there")
         self.loader = TrainLoader(self.shards, self.tokenizer, self.arch.vision.image_size, cfg.train.micro_batch,
                                   dp_rank=self.dp_rank, dp_world=self.layout.dp, workers=cfg.data.workers,
                                   seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer,
@@ -277,7 +299,9 @@ class Trainer:
         if self.rank == 0:
             print(f"trainer: kernels attention={self.kernels['attention']} loss={self.kernels['loss']} (record: "
                   f"{self.kernels['record'] or 'none'}), compile={'on' if self.compiled else 'off'}, optimizer="
-                  f"{self.optimizer_kind}, fingerprints={'on' if cfg.train.fingerprints else 'off'}", flush=True)
+                  f"{self.optimizer_kind}, fingerprints={'on' if cfg.train.fingerprints else 'off'}, loss features "
+                  f"{DTYPE_NAMES[self.dtype]}, fp8={f'{self.fp8_layers} linear layers' if cfg.train.fp8 else 'off'}",
+                  flush=True)
 
     def _init_from(self, spec: dict) -> CLIP:
         """A fresh run's first weights from model.init_from (pretrain/init_from.py); a resume never comes here."""

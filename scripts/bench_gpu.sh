@@ -3,7 +3,8 @@
 # result a file under DIR (default: $OUT, else runs/bench-gpu):
 #   env.json, nvidia-smi.txt            the machine, versions, what could not be imported
 #   e2e_vit-b-16.json (+ .log)          our trainer step vs compiled OpenCLIP, ViT-B/16, batch 256, ZeRO-1 and -2
-#   kernel_tests.log/.xml, kernel_errors.jsonl   tests/kernels_gpu (bf16, fp16, fp32 vs float64), observed errors
+#   kernel_tests.log/.xml, kernel_errors.jsonl   tests/kernels_gpu (bf16, fp16, fp32 vs float64; the 16-bit loss
+#                                       paths; train.fp8 vs bf16 on sm_89+), observed errors
 #   kernels_bench.json (+ .log)         attention vs every SDPA backend, loss vs ClipLoss at B = 16k/32k/64k
 #   kernels_record.json, records.json   the train.kernels=auto record of this GPU, merged into kernels/records.json
 #   e2e_vit-b-16_record.json            the e2e again with that record, when it picks a Triton kernel anywhere
@@ -86,7 +87,7 @@ if [ "$GPU" = 1 ]; then
   stage e2e_vit-b-16 240 $PY -m pretrain.bench --device cuda --model vit-b-16 --batch 256 --zero 1,2 \
     --out "$OUT_DIR/e2e_vit-b-16.json"
   # 2. the kernels on the GPU, bf16 / fp16 / fp32 against float64
-  stage kernel_tests 90 env GROWCLIP_KERNELS_POISON=1 GROWCLIP_GPU_REPORT="$OUT_DIR/kernel_errors.jsonl" \
+  stage kernel_tests 120 env GROWCLIP_KERNELS_POISON=1 GROWCLIP_GPU_REPORT="$OUT_DIR/kernel_errors.jsonl" \
     $PY -m pytest -q -p no:cacheprovider tests/kernels_gpu --junitxml "$OUT_DIR/kernel_tests.xml"
   # 3. kernel benchmark, and the auto record it implies
   stage kernels_bench 130 $PY -m kernels.bench --out "$OUT_DIR/kernels_bench.json" \

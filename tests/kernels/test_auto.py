@@ -29,6 +29,7 @@ def test_shape_classes():
     assert auto.attention_class(197, 256, False) is None  # beyond the kernel: never Triton
     assert [auto.loss_class(b) for b in (256, 16384, 16385, 65536, 70000)] == \
         ["b4096", "b16384", "b32768", "b65536", "blarge"]
+    assert auto.loss_class(65536, "bf16") == "b65536_bf16" and auto.loss_class(100, "fp16") == "b4096_fp16"
     assert auto.gpu_model("NVIDIA H200") == "H200" and auto.gpu_model("NVIDIA A100-SXM4-80GB") == "A100"
 
 
@@ -79,10 +80,17 @@ def test_decide_from_a_bench_result():
     record = auto.decide(bench)
     assert record["attention"] == {"n224_d64": "triton", "n96_d64_causal": "sdpa"}
     assert record["loss"] == {"b16384": "triton", "b65536": "triton"}
-    # with fp32-feature rows (what the trainer passes) the loss is judged on those alone
-    bench["loss"] += [dict(B=16384, D=512, dtype="fp32", impl="ours", ms=9.0),
-                      dict(B=16384, D=512, dtype="fp32", impl="open_clip", ms=8.0)]
-    assert auto.decide(bench)["loss"] == {"b16384": "torch"}
+    # rows without a dtype count as fp32; bf16 rows decide the bf16 classes (a bf16 run passes bf16 features)
+    bench["loss"] += [dict(B=16384, D=512, dtype="bf16", impl="ours", ms=9.0),
+                      dict(B=16384, D=512, dtype="bf16", impl="open_clip", ms=8.0),
+                      dict(B=65536, D=512, dtype="bf16", impl="ours", ms=9.0),
+                      dict(B=65536, D=512, dtype="bf16", impl="open_clip", ms=18.0)]
+    record = auto.decide(bench)
+    assert record["loss"] == {"b16384": "triton", "b65536": "triton", "b16384_bf16": "torch",
+                              "b65536_bf16": "triton"}
+    auto.activate(auto.choose(record))
+    assert auto.loss_impl(16384) == "triton" and auto.loss_impl(16384, "bf16") == "torch"
+    assert auto.loss_impl(65536, "bf16") == "triton" and auto.loss_impl(65536, "fp16") == "torch"  # no fp16 rows
 
 
 def test_bench_summary_and_decision():
@@ -97,6 +105,11 @@ def test_bench_summary_and_decision():
     assert summary["attention_vit_b16_speedup_vs_best_sdpa"] == 2.0
     assert summary["loss_B65536_D512_fp32_time_ratio"] == 0.5
     assert summary["loss_B65536_D512_fp32_memory_ratio"] == 0.0025
+    assert "loss_B65536_D512_bf16_meets_target" not in summary  # no bf16 rows
+    bf16 = [dict(r, dtype="bf16") for r in result["loss"]]
+    assert bench._summary({**result, "loss": bf16})["loss_B65536_D512_bf16_meets_target"]  # 0.5x, 1/400
+    bf16[0]["ms"] = 51.0
+    assert not bench._summary({**result, "loss": bf16})["loss_B65536_D512_bf16_meets_target"]
     record = auto.decide({**result, "summary": summary})
     assert record["attention"] == {"n224_d64": "triton"} and record["loss"] == {"b65536": "triton"}
 

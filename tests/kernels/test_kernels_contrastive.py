@@ -52,25 +52,28 @@ def test_single_process(B, D, dtype):
     _assert_grads(grads, ref_grads, dtype)
 
 
-@pytest.mark.parametrize("B,D,world", [(66, 32, 2), (99, 80, 3)])
-def test_rank_losses_sum_to_world_times_single(B, D, world):
+@pytest.mark.parametrize("B,D,world,dtype", [(66, 32, 2, torch.float32), (99, 80, 3, torch.float32),
+                                              (99, 80, 3, torch.float16)])
+def test_rank_losses_sum_to_world_times_single(B, D, world, dtype):
     """Emulated ranks in one process: rank r's loss on its rows against all columns is the
     reference local loss, and summing the ranks' losses gives W x (loss, gradients) of the
-    concatenated batch (autograd sums over the slices as all_gather's backward does)."""
-    image, text = _features(B, D, torch.float32)
+    concatenated batch (autograd sums over the slices as all_gather's backward does). fp16: the
+    16-bit features the trainer passes in a 16-bit run, the same tolerances as single process."""
+    image, text = _features(B, D, dtype)
     scale = torch.tensor(30.0, requires_grad=True)
     b = B // world
     total = 0.0
     for r in range(world):
         off = r * b
         loss = contrastive_loss(image[off:off + b], text[off:off + b], image, text, scale, off)
-        torch.testing.assert_close(loss.double(), _reference(image, text, scale, b, off)[0],
-                                   **TOL[torch.float32])
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss.double(), _reference(image, text, scale, b, off)[0], **TOL[dtype])
         total = total + loss
     grads = torch.autograd.grad(total, (image, text, scale))
+    assert grads[0].dtype == grads[1].dtype == dtype
     ref, ref_grads = _reference(image, text, scale)
-    torch.testing.assert_close(total.double() / world, ref, **TOL[torch.float32])
-    _assert_grads(grads, ref_grads, torch.float32, factor=world)
+    torch.testing.assert_close(total.double() / world, ref, **TOL[dtype])
+    _assert_grads(grads, ref_grads, dtype, factor=world)
 
 
 def test_opcheck():
