@@ -99,6 +99,27 @@ def test_bf16_model_fp32_masters_and_exact_resume():
         assert all(torch.equal(p, v.to(torch.bfloat16)) for p, v in zip(group["params"], views))
 
 
+def test_fused_step_reads_no_scalar():
+    """No host sync in the step as CUDA runs it (fused, the clip factor a tensor): no op of it reads a scalar back
+    (aten._local_scalar_dense is what .item(), float(t) and bool(t) call; on a GPU each waits for the device)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ScalarReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ScalarReads.count += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    model = _model(torch.bfloat16)
+    opt = MasterAdamW(param_groups(model, 0.1), max_norm=CLIP, fused=True, **HYPER)
+    _train(model, opt, 1)  # the first step makes the AdamW state
+    model(torch.randn(4, 8, dtype=torch.bfloat16)).float().pow(2).mean().backward()
+    with ScalarReads():
+        opt.step()
+    assert ScalarReads.count == 0 and torch.is_tensor(opt._global_grad_norm)
+
+
 def test_takes_bf16_and_clipping_from_deepspeed():
     ds, precision = take_over({"zero_optimization": {"stage": 0}, "gradient_clipping": 0.5, "bf16": {"enabled": True}},
                               tp=1, pp=1, universal_resume=False)
