@@ -71,6 +71,9 @@ def to_universal(ds_tag_dir: Path, out_tag_dir: Path) -> Path:
     """Convert a DeepSpeed (ZeRO 1/2) checkpoint with DeepSpeed's own converter, as a user would; its files are
     checked first (`check`; free for files find_checkpoint checked in this process)."""
     check(ds_tag_dir)
+    if not list(Path(ds_tag_dir).glob("*zero_pp_rank_*optim_states.pt")):
+        raise GrowthError(f"{ds_tag_dir}: no ZeRO optimizer files (a ZeRO-0 save, e.g. of train.optimizer="
+                          f"master_adamw), which ds_to_universal cannot convert; growth needs a ZeRO-1/2 checkpoint")
     proc = ckpt.ds_to_universal(ds_tag_dir, out_tag_dir)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]

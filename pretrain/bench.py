@@ -5,7 +5,9 @@
 
 Ours: `Trainer.train_step` (pretrain/trainer.py), i.e. what `Trainer.train` runs per step: DeepSpeed ZeRO-1 or -2
 (--zero, one or more), bf16 on CUDA (fp32 on a CPU), train.compile, train.kernels=auto, train.optimizer=auto
-(fused AdamW on CUDA), the EMA update, and a host sync every --log-every steps (`_flush`).
+(fused AdamW on CUDA); `--zero master` is ZeRO-0 with train.optimizer=master_adamw (its own fp32 masters and
+clipping, pretrain/master_adamw.py), reported as "master_adamw"; then the EMA update, and a host sync every
+--log-every steps (`_flush`).
 OpenCLIP: `open_clip.create_model(NAME, output_dict=True)` (the tiny model: the same architecture through
 `pretrain.model.openclip.openclip_config`), torch.compile, AdamW (fused on CUDA, OpenCLIP's no-decay groups),
 bf16 autocast on CUDA (fp32 on a CPU), ClipLoss, the logit-scale clamp, `loss.item()` every --log-every steps.
@@ -42,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 OPENCLIP_NAMES = {"vit-b-16": "ViT-B-16", "vit-b-32": "ViT-B-32", "vit-l-14": "ViT-L-14"}
 LR, BETAS, EPS, WD = 5e-4, (0.9, 0.98), 1e-6, 0.2
+MASTER = "master"  # --zero entry: ZeRO-0 with train.optimizer=master_adamw
 
 
 def _sync(device: torch.device) -> None:
@@ -196,25 +199,33 @@ def _synthetic_data(vocab: int):
         yield
 
 
-def _run_config(args, out_dir: str):
+def _run_config(args, out_dir: str, optimizer: str = "auto"):
     from .arch import Architecture
     from .config import DataConfig, RunConfig, TrainConfig
     arch = Architecture.load(args.arch_file)
     train = TrainConfig(out_dir=out_dir, steps=10 ** 6, micro_batch=args.batch, lr=LR, warmup=10,
                         weight_decay=WD, betas=BETAS, eps=EPS, log_every=args.log_every, compile=args.compile,
-                        kernels="auto", optimizer="auto", fingerprints=False)
+                        kernels="auto", optimizer=optimizer, fingerprints=False)
     return RunConfig(model=arch, data=DataConfig(shards="synthetic", tokenizer="synthetic", workers=0), train=train)
 
 
-def ours_side(args, arch, device: torch.device, zero: int) -> Side:
+def side_name(zero) -> str:
+    """The result key of one --zero entry: zero1, zero2, master_adamw."""
+    return "master_adamw" if zero == MASTER else f"zero{zero}"
+
+
+def ours_side(args, arch, device: torch.device, zero) -> Side:
+    """zero: 1 or 2 (train.optimizer=auto under DeepSpeed ZeRO), or MASTER (ZeRO-0, train.optimizer=master_adamw:
+    the same bf16 and gradient_clipping keys, which that optimizer takes over from DeepSpeed)."""
     from .growth_loop import close
     from .trainer import Trainer
     bf16 = device.type == "cuda"
-    ds_config = {"zero_optimization": {"stage": zero}, "gradient_clipping": args.clip, "bf16": {"enabled": bf16}}
+    ds_config = {"zero_optimization": {"stage": 0 if zero == MASTER else zero}, "gradient_clipping": args.clip,
+                 "bf16": {"enabled": bf16}}
     stack = contextlib.ExitStack()
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="growclip-bench-"))
     stack.enter_context(_synthetic_data(arch.text.vocab))
-    trainer = Trainer(_run_config(args, tmp), ds_config)
+    trainer = Trainer(_run_config(args, tmp, "master_adamw" if zero == MASTER else "auto"), ds_config)
     it, state = itertools.repeat(_batch(arch, args.batch, device, trainer.dtype)), {"loss": None}
 
     def step():
@@ -229,7 +240,8 @@ def ours_side(args, arch, device: torch.device, zero: int) -> Side:
         stack.close()
 
     info = dict(params=sum(p.numel() for p in trainer.engine.module.parameters()), zero=zero,
-                precision="bf16 (DeepSpeed)" if bf16 else "fp32", compile=trainer.compiled, kernels=trainer.kernels,
+                precision=("bf16 (master_adamw)" if zero == MASTER else "bf16 (DeepSpeed)") if bf16 else "fp32",
+                compile=trainer.compiled, kernels=trainer.kernels,
                 optimizer=trainer.optimizer_kind, ema=True, last_loss=state)
     side = Side(step, sync, info, release)
     side.trainer = trainer  # pretrain.profile_step times its phases
@@ -248,7 +260,7 @@ def sequential(args, arch, device: torch.device, peak) -> tuple[dict, dict]:
     """OpenCLIP alone (built, warmed, timed, freed), then each of our ZeRO stages alone: peak memory per side."""
     results = {}
     for name, build in [("open_clip", lambda: openclip_side(args, arch, device))] + \
-            [(f"zero{z}", lambda z=z: ours_side(args, arch, device, z)) for z in args.zeros]:
+            [(side_name(z), lambda z=z: ours_side(args, arch, device, z)) for z in args.zeros]:
         side = build()
         _warm(side, args, device)
         if device.type == "cuda":
@@ -287,12 +299,12 @@ def interleaved(args, arch, device: torch.device, peak) -> tuple[dict, dict]:
         res["open_clip_samples_per_s"] = round(n / t["oc"], 1)
         res["ratio_vs_open_clip"] = round(t["oc"] / t["ours"], 3)
         res["peak_gib"] = None
-        ours_results[f"zero{z}"] = res
+        ours_results[side_name(z)] = res
         oc_seconds, oc_samples = oc_seconds + t["oc"], oc_samples + n
         ours.close()
         del ours
         _free(device)
-        print(json.dumps({f"zero{z}": res}), flush=True)
+        print(json.dumps({side_name(z): res}), flush=True)
     oc_result = _report(oc, oc_samples, oc_seconds, args, arch, peak)
     oc_result["peak_gib"] = None
     oc.close()
@@ -316,7 +328,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None, help="vit-b-16 | vit-b-32 | vit-l-14 | tiny | a file under "
                    "configs/models (default: vit-b-16 on CUDA, tiny on a CPU)")
     p.add_argument("--batch", type=int, default=None, help="default: 256 on CUDA, 64 on a CPU")
-    p.add_argument("--zero", default="2", help="ZeRO stage(s) of our side, comma-separated (1, 2)")
+    p.add_argument("--zero", default="2", help="ZeRO stage(s) of our side, comma-separated (1, 2, master: ZeRO-0 "
+                   "with train.optimizer=master_adamw)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 30 on CUDA, 20 on a CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 8 on CUDA, 3 on a CPU)")
     p.add_argument("--compile", choices=["on", "off"], default="on")
@@ -336,9 +349,9 @@ def parse_args(argv=None):
     f = Path(args.model)
     args.arch_file = str(f if f.suffix in (".yaml", ".yml", ".json") else ROOT / "configs" / "models" / f"{f}.yaml")
     args.model = f.stem
-    args.zeros = [int(z) for z in str(args.zero).split(",")]
-    if any(z not in (1, 2) for z in args.zeros):
-        p.error("--zero takes stages 1 and/or 2")
+    args.zeros = [z if z == MASTER else int(z) if z.isdigit() else z for z in str(args.zero).split(",")]
+    if any(z not in (1, 2, MASTER) for z in args.zeros):
+        p.error(f"--zero takes stages 1, 2 and/or {MASTER}")
     return args
 
 

@@ -71,7 +71,8 @@ class TrainConfig:
     compile: str | bool | None = None  # torch.compile of the model and the loss: None/auto (on for CUDA at pp=1
                                      # below ZeRO-3), on (true), off (false); YAML reads on/off as true/false
     optimizer: str = "auto"          # auto: torch AdamW(fused=True) on CUDA, AdamW (foreach) elsewhere; torch,
-                                     # torch_fused, deepspeed_fused (DeepSpeed FusedAdam, JIT-built on first use)
+                                     # torch_fused, deepspeed_fused (DeepSpeed FusedAdam, JIT-built on first use),
+                                     # master_adamw (own fp32 masters and clipping at ZeRO-0; pretrain/README.md)
     ema_warmup: bool = True          # EMA decay min(ema_decay, (1+t)/(10+t)) after t updates (pretrain/ema.py)
     fp8: bool = False                # the towers' linear layers in float8 (torchao; pretrain/fp8.py): needs a
                                      # GPU of compute capability >= 8.9, torchao and tp = 1, else refused

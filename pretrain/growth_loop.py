@@ -202,6 +202,11 @@ class GrowingRun:
             key = "growth.at_steps" if self.pending else "growth.mode=auto"
             raise ConfigError(f"{key}: growth reads the model-states file of a ZeRO 0-2 save, which ZeRO-3 "
                               "does not write (nor can a run resume from it); use ds_configs/zero1.json or zero2.json")
+        if (self.pending or self.cfg.growth.mode == "auto") and self.cfg.train.optimizer == "master_adamw":
+            key = "growth.at_steps" if self.pending else "growth.mode=auto"
+            raise ConfigError(f"{key}: growth reads a universal checkpoint, which ds_to_universal cannot make from "
+                              "train.optimizer=master_adamw's ZeRO-0 save; grow with train.optimizer=auto under "
+                              "ds_configs/zero1.json or zero2.json")
         for g in self.pending:
             key = f"growth.at_steps[{g.index}]={g.step}"
             if g.step < start:

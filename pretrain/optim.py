@@ -31,25 +31,31 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for _, p in rest], "weight_decay": 0.0}]
 
 
-OPTIMIZERS = ("auto", "torch", "torch_fused", "deepspeed_fused")
+OPTIMIZERS = ("auto", "torch", "torch_fused", "deepspeed_fused", "master_adamw")
 
 
 def optimizer_kind(name: str, device: torch.device) -> str:
     """auto: torch AdamW(fused=True) on CUDA (one multi-tensor kernel per step, no build), torch AdamW (foreach)
-    elsewhere. DeepSpeed's FusedAdam is the other fused choice; it JIT-builds a CUDA op on first use (on the H200
-    image set TORCH_CUDA_ARCH_LIST=9.0: its preset 9.0a breaks that build)."""
+    elsewhere. master_adamw (pretrain/master_adamw.py): AdamW keeping its own fp32 masters, at ZeRO-0 (fused on
+    CUDA, foreach elsewhere). DeepSpeed's FusedAdam is the other fused choice; it JIT-builds a CUDA op on first
+    use (on the H200 image set TORCH_CUDA_ARCH_LIST=9.0: its preset 9.0a breaks that build)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     if name == "auto":
         return "torch_fused" if device.type == "cuda" else "torch"
-    if name != "torch" and device.type != "cuda":
+    if name not in ("torch", "master_adamw") and device.type != "cuda":
         raise ValueError(f"train.optimizer={name} needs CUDA; this run is on {device.type}")
     return name
 
 
-def build_optimizer(model: torch.nn.Module, kind: str, lr: float, betas, eps: float, weight_decay: float):
-    """AdamW over `param_groups` (the same groups and hyper-parameters whichever implementation runs)."""
+def build_optimizer(model: torch.nn.Module, kind: str, lr: float, betas, eps: float, weight_decay: float,
+                    max_norm: float = 0.0):
+    """AdamW over `param_groups` (the same groups and hyper-parameters whichever implementation runs). max_norm:
+    master_adamw's own gradient clipping (DeepSpeed clips for the others)."""
     groups = param_groups(model, weight_decay)
+    if kind == "master_adamw":
+        from .master_adamw import MasterAdamW
+        return MasterAdamW(groups, lr=lr, betas=betas, eps=eps, max_norm=max_norm)
     if kind == "deepspeed_fused":
         from deepspeed.ops.adam import FusedAdam
         return FusedAdam(groups, lr=lr, betas=betas, eps=eps, adam_w_mode=True)

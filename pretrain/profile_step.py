@@ -1,17 +1,22 @@
 """Where one training step's time goes: our trainer's step split into phases, beside the same model in plain torch
 and OpenCLIP, with torch.profiler tables. The companion of `pretrain.bench` (which only says how fast).
 
-    python -m pretrain.profile_step [--device cuda|cpu] [--model vit-b-16] [--batch 256] [--steps 10]
+    python -m pretrain.profile_step [--device cuda|cpu] [--model vit-b-16] [--batch 256] [--steps 10] [--clip 0]
                                     [--variants ours,plain,open_clip,ours_compiled] [--budget 240] --out FILE
 
 Variants (each built, warmed, timed, profiled and freed alone; same random batch as pretrain.bench):
   ours           Trainer.train_step under DeepSpeed ZeRO-2, bf16 on CUDA, train.compile off
   ours_compiled  the same with train.compile on (the benchmark's setting; its first steps compile)
+  ours_master    Trainer.train_step under ZeRO-0 with train.optimizer=master_adamw (its own fp32 masters, clipping
+                 on the device), compile off; ours_master_compiled: with train.compile on
   plain          our CLIP module without DeepSpeed: bf16 autocast, fused torch AdamW, our contrastive loss
   open_clip      OpenCLIP's model, ClipLoss and AdamW, eager
+--clip: gradient clipping max norm for every variant (0: none): DeepSpeed's gradient_clipping for ours,
+master_adamw's own for ours_master, clip_grad_norm_(foreach) in plain's optimizer step, clip_grad_norm_ for OpenCLIP.
 Per variant: ms per step without syncs (the real rate), then ms per phase with a device sync after each phase
-(forward+loss, backward, optimizer step, EMA, record), and the profiler's top ops by device time and by host
-time. Everything goes to one text file (--out) and a JSON beside it.
+(forward+loss, backward, optimizer step, EMA, record), on CUDA the host syncs per step the profiler saw (stream
+and device synchronizations: an .item() waits in one; None on CPUs, where nothing waits for a device), and the
+profiler's top ops by device time and by host time. Everything goes to one text file (--out) and a JSON beside it.
 """
 from __future__ import annotations
 
@@ -45,6 +50,9 @@ def _phased(phases, device, n: int) -> dict:
     return {k: round(v / n, 2) for k, v in total.items()}
 
 
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize")  # what .item(), .tolist(), bool(t) wait in
+
+
 def _profile(step, device, n: int = 3) -> dict:
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -54,13 +62,15 @@ def _profile(step, device, n: int = 3) -> dict:
         B._sync(device)
     avg = prof.key_averages()
     dev_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return {"by_device": avg.table(sort_by=dev_key, row_limit=25, max_name_column_width=60),
+    syncs = sum(e.count for e in avg if e.key in SYNC_EVENTS) - 1  # less the B._sync above
+    return {"host_syncs_per_step": round(syncs / n, 2) if device.type == "cuda" else None,
+            "by_device": avg.table(sort_by=dev_key, row_limit=25, max_name_column_width=60),
             "by_host": avg.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60)}
 
 
-def ours(args, arch, device, compiled: bool):
+def ours(args, arch, device, compiled: bool, zero=2):
     args.compile = "on" if compiled else "off"
-    side = B.ours_side(args, arch, device, 2)
+    side = B.ours_side(args, arch, device, zero)
     trainer = side.trainer
     batch = B._batch(arch, args.batch, device, trainer.dtype)
     it = itertools.repeat(batch)
@@ -98,7 +108,12 @@ def plain(args, arch, device):
         opt.zero_grad(set_to_none=True)
         state["loss"].backward()
 
-    phases = [("forward+loss", fwd), ("backward", bwd), ("optimizer step", opt.step)]
+    def opt_step():
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip, foreach=True)
+        opt.step()
+
+    phases = [("forward+loss", fwd), ("backward", bwd), ("optimizer step", opt_step)]
 
     def step():
         for _, fn in phases:
@@ -120,20 +135,24 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--variants", default="ours,plain,open_clip,ours_compiled")
+    p.add_argument("--clip", type=float, default=0.0, help="gradient clipping max norm, every variant (0: none)")
     p.add_argument("--budget", type=float, default=240, help="seconds; a variant is skipped when less than a "
                    "third of it is left")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     args = B.parse_args(["--device", a.device] + (["--model", a.model] if a.model else []) +
-                        (["--batch", str(a.batch)] if a.batch else []))
+                        (["--batch", str(a.batch)] if a.batch else []) + ["--clip", str(a.clip)])
     B._dist_env()
     from .arch import Architecture
     arch = Architecture.load(args.arch_file)
     device = torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
     start, text, result = time.time(), [], {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                                             else "cpu", "model": args.model, "batch": args.batch, "variants": {}}
+                                             else "cpu", "model": args.model, "batch": args.batch, "clip": a.clip,
+                                             "variants": {}}
     builders = {"ours": lambda: ours(args, arch, device, False),
                 "ours_compiled": lambda: ours(args, arch, device, True),
+                "ours_master": lambda: ours(args, arch, device, False, B.MASTER),
+                "ours_master_compiled": lambda: ours(args, arch, device, True, B.MASTER),
                 "plain": lambda: plain(args, arch, device), "open_clip": lambda: open_clip(args, arch, device)}
     for name in a.variants.split(","):
         if time.time() - start > a.budget * 2 / 3:
@@ -141,11 +160,12 @@ def main(argv=None) -> int:
             continue
         t0 = time.time()
         side, step, phases = builders[name]()
-        warm = _ms(step, device, a.warmup + (4 if name == "ours_compiled" else 0))
+        warm = _ms(step, device, a.warmup + (4 if name.endswith("_compiled") else 0))
         ms = _ms(step, device, a.steps)
         r = {"ms_per_step": round(ms, 2), "samples_per_s": round(args.batch * 1e3 / ms, 1),
              "warmup_ms_per_step": round(warm, 1), "phases_ms_synced": _phased(phases, device, max(3, a.steps // 2))}
         tables = _profile(step, device)
+        r["host_syncs_per_step"] = tables["host_syncs_per_step"]
         if device.type == "cuda":
             r["peak_gib"] = B._peak_gib(device)
         r["seconds"] = round(time.time() - t0, 1)

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from . import master_adamw
 from .arch import Architecture
 from .config import ConfigError, RunConfig
 from .data.manifest import count_samples, first_missing, load_shards
@@ -246,6 +247,10 @@ class Trainer:
             self.optimizer_kind = optimizer_kind(cfg.train.optimizer, self.device)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+        self.precision = None  # master_adamw's dtype and clipping, taken from the DeepSpeed config
+        if self.optimizer_kind == master_adamw.NAME:
+            ds_config, self.precision = master_adamw.take_over(ds_config, self.layout.tp, self.layout.pp,
+                                                               bool(resume_dir and ckpt.is_universal(resume_dir)))
 
         torch.manual_seed(cfg.train.seed)  # identical full initial weights on every rank, then each takes its shard
         model = CLIP(self.arch) if resume_dir or not cfg.init_from else self._init_from(cfg.init_from)
@@ -262,18 +267,24 @@ class Trainer:
         if resume_dir and not ckpt.is_universal(resume_dir):
             ckpt.check_param_order(resume_dir, states, [[n for n, _ in g] for g in named_groups(model)])
         del states
+        if self.precision:  # its masters are made on the device, from the weights as the model holds them
+            model = master_adamw.cast_parameters(model.to(self.device), self.precision.dtype)
         optimizer = build_optimizer(model, self.optimizer_kind, cfg.train.lr, cfg.train.betas, cfg.train.eps,
-                                    cfg.train.weight_decay)
+                                    cfg.train.weight_decay, self.precision.max_norm if self.precision else 0.0)
         history = (client or {}).get("growth_history", [])  # the re-warms; DeepSpeed restores the position
         scheduler = build_scheduler(optimizer, cfg.train, [h["source_step"] for h in history if "source_step" in h],
                                     cfg.growth.rewarm_steps)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=ds_config, mpu=mpu)
-        engine_dtype = (torch.bfloat16 if self.engine.bfloat16_enabled() else
-                        torch.float16 if self.engine.fp16_enabled() else torch.float32)
-        if engine_dtype != self.dtype:  # the loss and the kernel choice assumed self.dtype
-            raise ConfigError(f"the DeepSpeed config trains in {engine_dtype}, but its bf16/fp16 sections read as "
-                              f"{self.dtype}: write \"enabled\": true or false there")
+        if self.precision:  # DeepSpeed sees fp32 (master_adamw took bf16 out of its config); the model is 16-bit
+            if self.layout.dp == 1:  # ZeRO-0 flattens, "reduces" and copies back every gradient even on one rank
+                self.engine.enable_backward_allreduce = False
+        else:
+            engine_dtype = (torch.bfloat16 if self.engine.bfloat16_enabled() else
+                            torch.float16 if self.engine.fp16_enabled() else torch.float32)
+            if engine_dtype != self.dtype:  # the loss and the kernel choice assumed self.dtype
+                raise ConfigError(f"the DeepSpeed config trains in {engine_dtype}, but its bf16/fp16 sections read "
+                                  f"as {self.dtype}: write \"enabled\": true or false there")
         self.loader = TrainLoader(self.shards, self.tokenizer, self.arch.vision.image_size, cfg.train.micro_batch,
                                   dp_rank=self.dp_rank, dp_world=self.layout.dp, workers=cfg.data.workers,
                                   seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer,
@@ -339,6 +350,9 @@ class Trainer:
         if self.arch.text.vocab != self.tokenizer.vocab_size:
             raise ConfigError(f"model text.vocab={self.arch.text.vocab} but the tokenizer "
                               f"{self.cfg.data.tokenizer} has {self.tokenizer.vocab_size} ids")
+        if client:  # master_adamw's state and DeepSpeed's ZeRO files do not load into each other
+            master_adamw.check_resume(client.get("run_config", {}).get("train", {}).get("optimizer"),
+                                      self.cfg.train.optimizer, "the checkpoint")
         if client and client["tokenizer_sha256"] != self.tokenizer.sha256:
             raise ckpt.CheckpointError(
                 f"tokenizer {self.cfg.data.tokenizer} (sha256 {self.tokenizer.sha256[:12]}) differs from the one "

@@ -3,6 +3,9 @@
 # result a file under DIR (default: $OUT, else runs/bench-gpu):
 #   env.json, nvidia-smi.txt            the machine, versions, what could not be imported
 #   e2e_vit-b-16.json (+ .log)          our trainer step vs compiled OpenCLIP, ViT-B/16, batch 256, ZeRO-1 and -2
+#   optimizer_step.txt/.json            issue 19: the optimizer step with clipping 1.0, DeepSpeed ZeRO-2 beside
+#                                       train.optimizer=master_adamw (ZeRO-0) and plain fused AdamW, host syncs/step
+#   e2e_vit-b-16_clip.json              the e2e with clipping 1.0 on both sides: ZeRO-2 and master_adamw
 #   kernel_tests.log/.xml, kernel_errors.jsonl   tests/kernels_gpu (bf16, fp16, fp32 vs float64; the 16-bit loss
 #                                       paths; train.fp8 vs bf16 on sm_89+), observed errors
 #   kernels_bench.json (+ .log)         attention vs every SDPA backend, loss vs ClipLoss at B = 16k/32k/64k
@@ -86,6 +89,9 @@ if [ "$GPU" = 1 ]; then
   # 1. the headline first: ours vs compiled OpenCLIP at ViT-B/16, batch 256 (kernels auto: the shipped record)
   stage e2e_vit-b-16 240 $PY -m pretrain.bench --device cuda --model vit-b-16 --batch 256 --zero 1,2 \
     --out "$OUT_DIR/e2e_vit-b-16.json"
+  # 1b. issue 19: the optimizer step with gradient clipping on, today's ZeRO-2 beside master_adamw and plain AdamW
+  stage optimizer_step 150 $PY -m pretrain.profile_step --device cuda --variants ours,ours_master,plain --clip 1.0 \
+    --budget 140 --out "$OUT_DIR/optimizer_step.txt"
   # 2. the kernels on the GPU, bf16 / fp16 / fp32 against float64
   stage kernel_tests 120 env GROWCLIP_KERNELS_POISON=1 GROWCLIP_GPU_REPORT="$OUT_DIR/kernel_errors.jsonl" \
     $PY -m pytest -q -p no:cacheprovider tests/kernels_gpu --junitxml "$OUT_DIR/kernel_tests.xml"
@@ -105,7 +111,11 @@ if [ "$GPU" = 1 ]; then
     stage profile 90 $PY -m pretrain.profile_step --device cuda --variants ours,plain,open_clip --budget 80 \
       --out "$OUT_DIR/profile.txt"
   fi
-  # 5. optional sizes while time is left
+  # 5. optional: the e2e with clipping on both sides, ZeRO-2 against master_adamw; other sizes while time is left
+  if (( $(left) > 150 )); then
+    stage e2e_vit-b-16_clip 180 $PY -m pretrain.bench --device cuda --model vit-b-16 --batch 256 --zero 2,master \
+      --clip 1.0 --out "$OUT_DIR/e2e_vit-b-16_clip.json"
+  fi
   if (( $(left) > 150 )); then
     stage e2e_vit-b-32 150 $PY -m pretrain.bench --device cuda --model vit-b-32 --batch 512 --zero 2 \
       --out "$OUT_DIR/e2e_vit-b-32.json"
@@ -122,6 +132,8 @@ else
   stage kernels_bench 60 $PY -m kernels.bench --out "$OUT_DIR/kernels_bench.json" \
     --record "$OUT_DIR/kernels_record.json"
   stage kernels_auto 60 $PY -m kernels.auto
+  stage optimizer_step 120 $PY -m pretrain.profile_step --device cpu --batch 16 --steps 2 --warmup 1 \
+    --variants ours,ours_master,plain --clip 0.05 --out "$OUT_DIR/optimizer_step.txt"
   stage e2e_cpu_tiny 300 $PY -m pretrain.bench --device cpu --steps 3 --warmup 1 --compile off --zero 2 \
     --out "$OUT_DIR/e2e_cpu_tiny.json"
 fi
@@ -138,6 +150,12 @@ for f in sorted(glob.glob(os.path.join(out, "e2e_*.json"))):
         "open_clip": {k: r["open_clip_side"].get(k) for k in ("samples_per_s", "mfu", "peak_gib")},
         "ours": {z: {k: v.get(k) for k in ("samples_per_s", "mfu", "peak_gib", "ratio_vs_open_clip")}
                  for z, v in r["ours"].items()}}
+opt = os.path.join(out, "optimizer_step.json")
+if os.path.exists(opt):
+    summary["optimizer_step"] = {k: v if isinstance(v, str) else
+                                 {"optimizer_step_ms": v["phases_ms_synced"].get("optimizer step"),
+                                  "ms_per_step": v["ms_per_step"], "host_syncs_per_step": v.get("host_syncs_per_step")}
+                                 for k, v in json.load(open(opt))["variants"].items()}
 bench = os.path.join(out, "kernels_bench.json")
 if os.path.exists(bench):
     summary["kernels"] = json.load(open(bench)).get("summary")

@@ -45,13 +45,15 @@ def test_profile_step_splits_our_step_into_phases_beside_the_plain_model(tmp_pat
     out = tmp_path / "profile.txt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "pretrain.profile_step", "--device", "cpu", "--batch", "16",
-                           "--steps", "2", "--warmup", "1", "--variants", "ours,plain", "--out", str(out)],
+                           "--steps", "2", "--warmup", "1", "--variants", "ours,ours_master,plain", "--clip", "0.05",
+                           "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     r = json.loads(out.with_suffix(".json").read_text())["variants"]
-    assert set(r["ours"]["phases_ms_synced"]) == {"forward+loss", "backward", "optimizer step", "ema", "record"}
+    for name in ("ours", "ours_master"):  # today's ZeRO-2 step and master_adamw's (ZeRO-0), clipping on both
+        assert set(r[name]["phases_ms_synced"]) == {"forward+loss", "backward", "optimizer step", "ema", "record"}
     assert set(r["plain"]["phases_ms_synced"]) == {"forward+loss", "backward", "optimizer step"}
     for v in r.values():
         assert v["ms_per_step"] > 0 and v["phases_ms_synced"]["backward"] > 0
     text = out.read_text()
-    assert text.count("--- top ops by device time") == 2 and "aten::" in text
+    assert text.count("--- top ops by device time") == 3 and "aten::" in text
