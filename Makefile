@@ -90,7 +90,7 @@ lint: install
 test: install lint
 	bash scripts/fetch_data.sh $(DATA) fashion_mnist wordnet mnist openclipart
 	if [ "$$(id -u)" = 0 ]; then bash scripts/slurm_local.sh install; fi
-	GROWCLIP_DATA=$(DATA) $(PY) -m pytest -q tests
+	GROWCLIP_DATA=$(DATA) $(PY) -m pytest -q --durations=25 tests
 
 bench: install
 	$(PY) -m kernels.bench

@@ -205,7 +205,7 @@ def _run_config(args, out_dir: str, optimizer: str = "auto"):
     arch = Architecture.load(args.arch_file)
     train = TrainConfig(out_dir=out_dir, steps=10 ** 6, micro_batch=args.batch, lr=LR, warmup=10,
                         weight_decay=WD, betas=BETAS, eps=EPS, log_every=args.log_every, compile=args.compile,
-                        kernels="auto", optimizer=optimizer, fingerprints=False)
+                        kernels="auto", optimizer=optimizer, fingerprints=False, fp8=args.fp8)
     return RunConfig(model=arch, data=DataConfig(shards="synthetic", tokenizer="synthetic", workers=0), train=train)
 
 
@@ -241,7 +241,7 @@ def ours_side(args, arch, device: torch.device, zero) -> Side:
 
     info = dict(params=sum(p.numel() for p in trainer.engine.module.parameters()), zero=zero,
                 precision=("bf16 (master_adamw)" if zero == MASTER else "bf16 (DeepSpeed)") if bf16 else "fp32",
-                compile=trainer.compiled, kernels=trainer.kernels,
+                compile=trainer.compiled, kernels=trainer.kernels, fp8=trainer.fp8_layers,
                 optimizer=trainer.optimizer_kind, ema=True, last_loss=state)
     side = Side(step, sync, info, release)
     side.trainer = trainer  # pretrain.profile_step times its phases
@@ -338,6 +338,8 @@ def parse_args(argv=None):
                    "default on CUDA); N > 1: keep both alive and time N alternating chunks each (default 4 on a CPU, "
                    "where a shared machine's load changes during the run)")
     p.add_argument("--clip", type=float, default=0.0, help="gradient clipping max norm, both sides (0: none)")
+    p.add_argument("--fp8", action="store_true", help="our side with train.fp8 (torchao float8 linear layers; "
+                   "refused without an sm_89+ GPU)")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
