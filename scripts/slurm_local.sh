@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # A real single-node Slurm for the tests, without systemd (see ../shared/docs/slurm-local.md for what it is based on).
 #   bash scripts/slurm_local.sh install        apt-get the Debian packages (root; a no-op when installed)
-#   bash scripts/slurm_local.sh start [DIR]    munged + slurmctld + slurmd, state/logs under DIR (default: a new
-#                                              temp folder); prints DIR; returns once the node is idle
+#   bash scripts/slurm_local.sh start [DIR]    munged + slurmctld + one slurmd per node, state/logs under DIR
+#                                              (default: a new temp folder); prints DIR; returns once every node is
+#                                              idle. SLURM_LOCAL_NODES=N (default 2): N nodes node1..nodeN on this
+#                                              one host, each its own slurmd (`slurmd -N nodeK`, own port, spool,
+#                                              pid and log through %n), each declaring this host's CPUs
+#                                              (SlurmdParameters=config_overrides), all at NodeAddr 127.0.0.1
 #   bash scripts/slurm_local.sh stop DIR       scontrol shutdown, wait for the daemons, stop the munged it started
 # Writes /etc/slurm/slurm.conf (so clients need no SLURM_CONF); start needs root. Ports: SLURM_LOCAL_CTLD_PORT
-# (6817) and SLURM_LOCAL_SLURMD_PORT (6818). The scheduler settings make a requeued job rerun ~11 s later.
+# (6817) and SLURM_LOCAL_SLURMD_PORT (6818, node k listens on 6818 + k - 1). The scheduler settings make a requeued
+# job rerun ~11 s later.
 set -euo pipefail
 
 PKGS=(munge slurmctld slurmd slurm-client)
@@ -46,7 +51,7 @@ cmd_start() {
         cp /run/munge/munged.pid "$dir/munged.pid"  # ours: stop kills it
         for _ in $(seq 1 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
     fi
-    local cpus mem
+    local cpus mem nodes=${SLURM_LOCAL_NODES:-2} port=${SLURM_LOCAL_SLURMD_PORT:-6818}
     cpus=$(slurmd -C | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' | head -n1)
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) * 9 / 10 / 1024 ))
     mkdir -p /etc/slurm
@@ -54,16 +59,16 @@ cmd_start() {
 ClusterName=localci
 SlurmctldHost=localhost
 SlurmctldPort=${SLURM_LOCAL_CTLD_PORT:-6817}
-SlurmdPort=${SLURM_LOCAL_SLURMD_PORT:-6818}
 SlurmUser=root
 AuthType=auth/munge
 AuthInfo=cred_expire=10
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$dir/spool/%n
 SlurmctldPidFile=$dir/slurmctld.pid
-SlurmdPidFile=$dir/slurmd.pid
+SlurmdPidFile=$dir/slurmd-%n.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
+SlurmdLogFile=$dir/log/slurmd-%n.log
+SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -75,23 +80,26 @@ ReturnToService=2
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 MailProg=/bin/true
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+$(for k in $(seq 1 "$nodes"); do
+    echo "NodeName=node$k NodeHostname=localhost NodeAddr=127.0.0.1 Port=$(( port + k - 1 )) CPUs=$cpus" \
+         "RealMemory=$mem State=UNKNOWN"
+  done)
+PartitionName=debug Nodes=node[1-$nodes] Default=YES MaxTime=INFINITE State=UP
 CONF
     slurmctld -c
-    slurmd -N localhost
+    for k in $(seq 1 "$nodes"); do slurmd -N "node$k"; done
     for _ in $(seq 1 300); do
-        if sinfo -h -n localhost -o %t 2>/dev/null | grep -qx idle; then echo "$dir"; return 0; fi
+        if [ "$(sinfo -h -N -o %t 2>/dev/null | grep -cx idle)" = "$nodes" ]; then echo "$dir"; return 0; fi
         sleep 0.1
     done
-    echo "slurm_local.sh start: the node did not become idle in 30 s; logs in $dir/log" >&2
+    echo "slurm_local.sh start: the $nodes nodes did not become idle in 30 s; logs in $dir/log" >&2
     cmd_stop "$dir"
     exit 1
 }
 
 cmd_stop() {
     local dir=${1:?usage: slurm_local.sh stop DIR} pids=() f
-    for f in slurmctld slurmd; do [ -s "$dir/$f.pid" ] && pids+=("$(cat "$dir/$f.pid")"); done
+    for f in "$dir"/slurmctld.pid "$dir"/slurmd-*.pid; do [ -s "$f" ] && pids+=("$(cat "$f")"); done
     scontrol shutdown >/dev/null 2>&1 || true
     local ok=0 p
     for p in "${pids[@]}"; do

@@ -1,7 +1,8 @@
-"""slurm/train.sbatch on a real local Slurm (no mocks): a 2-rank CPU run to completion, and runs preempted with
-`scancel --signal=USR1 --batch` that save, requeue themselves, resume and end with the uninterrupted run's weights,
-bit for bit. One uninterrupted run, with a growth inside, is the reference of both preemption tests: one is
-preempted before the growth, one while the growth's new trainer starts."""
+"""slurm/train.sbatch on a real local Slurm (no mocks; two slurmd on this host, nodes node1 and node2): a 2-rank
+CPU run on one node to completion, and runs preempted with `scancel --signal=USR1 --batch` that save, requeue
+themselves, resume and end with the uninterrupted run's weights, bit for bit. One uninterrupted single-node run,
+with a growth inside, is the reference of both preemption tests: one runs on two nodes and is preempted before the
+growth, one on one node while the growth's new trainer starts."""
 import os
 import re
 import subprocess
@@ -18,8 +19,11 @@ STEPS, GROW_AT = 12, 8  # a step takes ~0.1 s here: room for the signal to land 
 GROWTH = [f"growth.at_steps=[{GROW_AT}]", "growth.moves=[vision.layers+=1]"]
 
 
-def sbatch_args(out: Path, tiny_data: dict, log: Path) -> list[str]:
-    return ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1",
+def sbatch_args(out: Path, tiny_data: dict, log: Path, nodes: int = 1) -> list[str]:
+    """2 ranks: both on one node, or (nodes=2) one on each of two (scripts/slurm_local.sh runs node1 and node2,
+    each its own slurmd, on this host)."""
+    return ["sbatch", "--parsable", "--gpus-per-node=0", f"--nodes={nodes}", f"--ntasks-per-node={2 // nodes}",
+            "--cpus-per-task=1",
             "--time=00:10:00", f"--output={log}", "slurm/train.sbatch", "configs/demo.yaml", "ds_configs/zero2.json",
             f"data.shards={tiny_data['shards']}", f"data.tokenizer={tiny_data['tokenizer']}", f"train.out_dir={out}",
             f"train.steps={STEPS}", "train.micro_batch=16", "train.log_every=1", "train.warmup=2",
@@ -66,11 +70,11 @@ def test_train_sbatch_completes(reference):
     assert ckpt.read_client_state(reference / "checkpoints" / f"step{STEPS:08d}")["growth_history"]
 
 
-def preempt(tmp_path: Path, tiny_data: dict, when) -> tuple[Path, str]:
+def preempt(tmp_path: Path, tiny_data: dict, when, nodes: int = 1) -> tuple[Path, str]:
     """Submit, send USR1 to the batch shell once `when(out)` holds, wait for the requeued job to complete."""
     out, log = tmp_path / "run", tmp_path / "job.out"
-    job_id = subprocess.run(sbatch_args(out, tiny_data, log), cwd=ROOT, env=env(), capture_output=True, text=True,
-                            check=True).stdout.strip().split(";")[0]
+    job_id = subprocess.run(sbatch_args(out, tiny_data, log, nodes), cwd=ROOT, env=env(), capture_output=True,
+                            text=True, check=True).stdout.strip().split(";")[0]
     deadline = time.time() + 300
     while not when(out):
         assert job(job_id)["JobState"] in ("PENDING", "RUNNING"), (job(job_id), log.read_text()[-3000:])
@@ -88,11 +92,16 @@ def preempt(tmp_path: Path, tiny_data: dict, when) -> tuple[Path, str]:
     return out, output
 
 
-def test_preempted_job_requeues_and_matches(reference, tiny_data, tmp_path):
-    """USR1 mid-run, before the growth: saved at the step it reached, requeued, resumed, grown, finished."""
+def test_two_node_job_preempted_requeues_and_matches(reference, tiny_data, tmp_path):
+    """A 2-node allocation, one rank per node: ranks, rendezvous address and port come from the allocation (rank 0
+    on node1, rank 1 on node2, at node1's NodeAddr); USR1 mid-run, before the growth: saved at the step it reached,
+    requeued on both nodes, resumed, grown, finished with the single-node run's weights bit for bit."""
     def running(out):
         return (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip() != ""
-    out, output = preempt(tmp_path, tiny_data, running)
+    out, output = preempt(tmp_path, tiny_data, running, nodes=2)
+    assert "2 node(s) x 1 rank(s)" in output, output[-3000:]
+    placed = set(re.findall(r"rank (\d) of 2 on node (node\d) \(local rank 0\), rendezvous 127\.0\.0\.1:\d+", output))
+    assert placed == {("0", "node1"), ("1", "node2")}, output[-3000:]  # in both the first run and the requeued one
     stopped = re.search(r"stopped by signal \S+ after step (\d+), checkpoint saved", output)
     assert stopped and int(stopped.group(1)) < GROW_AT, output[-3000:]
     assert (out / "checkpoints" / f"step{int(stopped.group(1)):08d}").is_dir()
