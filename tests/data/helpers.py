@@ -1,10 +1,13 @@
-"""Helpers for writing synthetic webdataset shards with webdataset's TarWriter."""
+"""Helpers for writing synthetic webdataset shards with webdataset's TarWriter, and serving shards over http."""
 from __future__ import annotations
 
 import io
 import json
 import struct
+import threading
 import zlib
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import webdataset as wds
@@ -44,3 +47,40 @@ def png_header_only(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
+
+
+class ShardServer:
+    """Serves a directory over http on 127.0.0.1 (a daemon thread; `base` is its URL); `drops[name]` > 0 cuts that
+    many responses for the file after half its bytes (-1: every response), with the full Content-Length announced. `requests` counts GETs per name."""
+
+    def __init__(self, directory: Path):
+        self.drops: dict[str, int] = {}
+        self.requests: dict[str, int] = {}
+        outer = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kw):
+                super().__init__(*args, directory=str(directory), **kw)
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                outer.requests[name] = outer.requests.get(name, 0) + 1
+                if outer.drops.get(name, 0):
+                    outer.drops[name] -= outer.drops[name] > 0
+                    data = (directory / name).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                super().do_GET()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()

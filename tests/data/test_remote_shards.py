@@ -3,8 +3,6 @@ dropped connection and a counted skip of a shard that never reads (in-process, a
 from __future__ import annotations
 
 import logging
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,49 +12,13 @@ from pretrain.data import manifest
 from pretrain.data.manifest import count_samples, load_shards, load_shards_with_counts, write_manifest
 from pretrain.data.pipeline import TrainLoader, read_shard
 
+from .helpers import ShardServer
 from .test_pipeline import ids, take
-
-
-class _Server:
-    """Serves a directory; `drops[name]` > 0 cuts that many responses for the file after half its bytes (-1:
-    every response), with the full Content-Length announced. `requests` counts GETs per name."""
-
-    def __init__(self, directory: Path):
-        self.drops: dict[str, int] = {}
-        self.requests: dict[str, int] = {}
-        outer = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kw):
-                super().__init__(*args, directory=str(directory), **kw)
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/")
-                outer.requests[name] = outer.requests.get(name, 0) + 1
-                if outer.drops.get(name, 0):
-                    outer.drops[name] -= outer.drops[name] > 0
-                    data = (directory / name).read_bytes()
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data[: len(data) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                super().do_GET()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
 
 @pytest.fixture(scope="module")
 def server(synthetic_shards):
-    served = _Server(Path(synthetic_shards[0]).parent)
+    served = ShardServer(Path(synthetic_shards[0]).parent)
     yield served
     served.server.shutdown()
     served.server.server_close()
@@ -69,7 +31,7 @@ def http(server):
     return server
 
 
-def specs(kind: str, shards: list[str], server: _Server) -> list[str]:
+def specs(kind: str, shards: list[str], server: ShardServer) -> list[str]:
     if kind == "pipe":
         return [f"pipe:cat {p}" for p in shards]
     if kind == "file":
@@ -174,7 +136,7 @@ def test_http_resume_survives_another_host(synthetic_shards, tokenizer, http):
     expected = take(make(synthetic_shards), 6)
     first = make(specs("http", synthetic_shards, http))
     got = take(first, 3)
-    other = _Server(Path(synthetic_shards[0]).parent)
+    other = ShardServer(Path(synthetic_shards[0]).parent)
     try:
         resumed = make(specs("http", synthetic_shards, other))
         resumed.load_state_dict(first.state_dict())

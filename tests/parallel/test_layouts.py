@@ -1,9 +1,15 @@
 """Layouts (tp, pp, dp) against one process: the same losses and weights, and universal checkpoints that
 reshard between layouts. Real DeepSpeed + megatron-core on the CPU (gloo), fp32, global data order (every
 layout sees the same global batch of 16)."""
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
 from pretrain import checkpoint as ckpt
+from pretrain.checkpoint import PAUSE_ENV, PAUSE_MARKER
 from tests.conftest import launch, metrics, to_universal
 
 pytestmark = pytest.mark.slow
@@ -109,3 +115,41 @@ def test_tensor_parallel_checkpoint_evaluates_like_its_single_process_twin(runs)
     assert in_training["step"] == STEPS
     for key in results[0]:
         assert in_training[f"fashion_mnist/{key}"] == pytest.approx(results[0][key], abs=1e-6), key
+
+
+def signal_rank(proc, out, rank: int, after: str, signum) -> None:
+    """A while_running callback: once the run prints `after`, send `signum` to rank `rank`'s process only (the
+    launcher is left alone, as Slurm's srun forwards a signal to the tasks)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if after in proc.output_path.read_text(errors="replace"):
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if f"--local_rank={rank}".encode() in cmd and f"train.out_dir={out}".encode() in cmd:
+                    os.kill(int(pid), signum)
+                    return
+        time.sleep(0.05)
+
+
+def test_pipeline_run_preempted_requeued_resumes_exactly(runs, tiny_data, monkeypatch):
+    """pp = 2 (one stage per rank), SIGUSR1 to the last stage's rank while the step-1 save pauses (a test-only
+    hook): the ranks agree to stop after step 2, save it and exit 75; the rerun with --resume latest ends with the
+    uninterrupted pp = 2 run's losses and weights."""
+    ref, ref_out = get(runs, 1, 2, 1)
+    out = runs["root"] / "pp2-preempted"
+    monkeypatch.setenv("GROWCLIP_STOP_CHECK_EVERY", "1")
+    monkeypatch.setenv(PAUSE_ENV, "2")
+    proc = launch(out, tiny_data, *COMMON, f"train.micro_batch={GLOBAL_BATCH}", "train.save_every=1", nproc=2,
+                  ds_config="ds_configs/zero1.json", extra_args=("--tp", "1", "--pp", "2"), check=False,
+                  while_running=lambda p: signal_rank(p, out, 1, PAUSE_MARKER, signal.SIGUSR1))
+    monkeypatch.delenv(PAUSE_ENV)
+    assert "stopped by signal" in proc.stdout and "checkpoint saved; exit 75" in proc.stdout, proc.stdout[-3000:]
+    assert ckpt.resolve(out) == (out / "checkpoints", "step00000002") and sorted(metrics(out)) == [1, 2]
+    got = run(out, tiny_data, 1, 2, 1, resume="latest")
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert [got[s]["loss"] for s in got] == [ref[s]["loss"] for s in got]
+    a, b = full_weights(runs, ref_out), full_weights(runs, out)
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max().item() == 0 for k in a)

@@ -1,12 +1,14 @@
 """Real multi-rank DeepSpeed runs on the CPU (gloo): exact resume, universal conversion, ZeRO 1-3."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from pretrain import checkpoint as ckpt
 from tests.conftest import launch, metrics
+from tests.data.helpers import ShardServer
 
 pytestmark = pytest.mark.slow
 N = 3
@@ -35,6 +37,30 @@ def test_exact_resume_matches_uninterrupted_run(runs, tiny_data):
     assert ema_full["t"] == ema_resumed["t"] == 2 * N
     assert all(torch.allclose(ema_full["shadow"][k], ema_resumed["shadow"][k], rtol=0, atol=1e-6)
                for k in ema_full["shadow"])
+
+
+def test_http_shards_resume_exactly_in_a_two_rank_launch(runs, tiny_data, tmp_path):
+    """The same run reading its shards over http:// (a local server thread, `data.shards` a brace URL), stopped at
+    step N and resumed in a new launch: the batches and losses of the local uninterrupted run, and its weights."""
+    server = ShardServer(Path(tiny_data["shards"]))
+    try:
+        names = sorted(p.name for p in Path(tiny_data["shards"]).glob("shard-*.tar"))
+        remote = {**tiny_data, "shards": f"{server.base}/shard-{{{names[0][6:12]}..{names[-1][6:12]}}}.tar"}
+        common = (f"train.steps={2 * N}", "train.fingerprints=true")
+        launch(tmp_path, remote, *common, f"train.stop_after={N}")
+        launch(tmp_path, remote, *common, resume="latest")
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+    assert all(server.requests.get(name) for name in names)  # every shard was read over http
+    full, got = metrics(runs / "full"), metrics(tmp_path)
+    assert sorted(got) == list(range(1, 2 * N + 1))
+    for step in got:
+        assert got[step]["batches"] == full[step]["batches"], f"data order differs at step {step}"
+        assert abs(got[step]["loss"] - full[step]["loss"]) <= 1e-6, step
+    a = ckpt.full_state_dict(tmp_path / "checkpoints" / f"step{2 * N:08d}")
+    b = ckpt.full_state_dict(runs / "full" / "checkpoints" / f"step{2 * N:08d}")
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
 
 
 def test_fingerprints_off_changes_nothing(runs):
