@@ -187,7 +187,10 @@ class Architecture:
             kwargs[key] = typ(**sub)
         if "embed_dim" in d:
             kwargs["embed_dim"] = d["embed_dim"]
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ArchitectureError as e:  # validate() names the field; say whose architecture it is
+            raise ArchitectureError(f"{source}: {e}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Architecture":
