@@ -95,9 +95,12 @@ def read_list(path: str | Path, what: str) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise EvalDataError(f"{what} file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+        items = json.loads(text) if path.suffix == ".json" else None
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON
+        raise EvalDataError(f"{what} file {path}: cannot read it ({e.__class__.__name__}: {str(e)[:160]})") from None
     if path.suffix == ".json":
-        items = json.loads(text)
         if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
             raise EvalDataError(f"{path}: expected a JSON list of strings")
     else:
@@ -109,9 +112,15 @@ def read_list(path: str | Path, what: str) -> list[str]:
 
 def read_templates(path: str | Path) -> list[str]:
     templates = read_list(path, "templates")
-    bad = [t for t in templates if "{c}" not in t]
-    if bad:
-        raise EvalDataError(f"{path}: every template needs '{{c}}' for the class name; {bad[0]!r} has none")
+    for t in templates:  # filled with str.format(c=name): any other field, or a stray brace, fails there
+        try:
+            filled = t.format(c="\0class\0")
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            raise EvalDataError(f"{path}: template {t[:80]!r} cannot be filled with str.format(c=...) "
+                                f"({e.__class__.__name__}: {e}); write {{c}} for the class name and {{{{ }}}} "
+                                f"for a literal brace") from None
+        if "\0class\0" not in filled:
+            raise EvalDataError(f"{path}: every template needs '{{c}}' for the class name; {t[:80]!r} has none")
     return templates
 
 
@@ -126,15 +135,17 @@ def check_labels(labels: list[int], classnames: list[str], source: str) -> None:
 # ---- generic readers -----------------------------------------------------------------------------------
 def _jsonl(path: Path):
     """(line number, row dict) of a JSONL file; a malformed line is an error that names it."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
+            if any("\udc80" <= ch <= "\udcff" for ch in line):
+                raise EvalDataError(f"{path}:{n}: not UTF-8")
             if line.strip():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise EvalDataError(f"{path}:{n}: not JSON ({e})") from e
-                if not isinstance(row, dict) or "image" not in row:
-                    raise EvalDataError(f"{path}:{n}: expected an object with an 'image' path")
+                if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not row["image"]:
+                    raise EvalDataError(f"{path}:{n}: expected an object with an 'image' path (a string)")
                 yield n, row
 
 
@@ -157,7 +168,7 @@ def labelled_images(path: str | Path, classnames: list[str] | None, templates: l
         if classnames is None:
             raise EvalDataError(f"{path}: a JSONL classification task needs --classnames FILE")
         for n, row in _jsonl(path):
-            if not isinstance(row.get("label"), int):
+            if not isinstance(row.get("label"), int) or isinstance(row["label"], bool):
                 raise EvalDataError(f"{path}:{n}: 'label' must be an integer class index")
             image = path.parent / row["image"]
             if not image.is_file():

@@ -51,6 +51,9 @@ def parse(spec: str | list[str], classnames: str | None = None, templates: str |
     unknown = [n for n in names if n not in BUILTIN and not n.startswith(("classification:", "retrieval:"))]
     if unknown:
         raise EvalDataError(f"unknown task(s) {unknown}; built-in: {', '.join(BUILTIN)}; generic: {GENERIC}")
+    empty = [n for n in names if n.endswith(":") and n.startswith(("classification:", "retrieval:"))]
+    if empty:
+        raise EvalDataError(f"task {empty[0]!r} names no data: write {empty[0]}PATH")
     tasks = []
     for name in names:
         if name in BUILTIN:

@@ -97,19 +97,22 @@ class Architecture:
 
     # ---- validation -------------------------------------------------------------------------------
     def validate(self) -> None:
-        def positive(prefix, obj, names):
+        def positive(prefix, obj, names, least=1):
+            """Sizes are integers >= least; mlp_ratio a finite number > 0."""
             for n in names:
-                v = getattr(obj, n)
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                    raise ArchitectureError(f"{prefix}.{n} must be a positive number, got {v!r}")
+                v = getattr(obj, n) if obj is not None else self.embed_dim
+                name = f"{prefix}.{n}" if prefix else n
+                if n == "mlp_ratio":
+                    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf:
+                        raise ArchitectureError(f"{name} must be a positive finite number, got {v!r:.80}")
+                elif not isinstance(v, int) or isinstance(v, bool) or v < least:
+                    raise ArchitectureError(f"{name} must be an integer >= {least}, got {v!r:.80}")
 
         positive("vision", self.vision, ("layers", "width", "heads", "mlp_ratio", "patch", "image_size"))
         positive("text", self.text, ("layers", "width", "heads", "mlp_ratio", "vocab", "context"))
         positive("shared", self.shared, ("width", "heads", "mlp_ratio"))
-        if self.shared.layers < 0:
-            raise ArchitectureError(f"shared.layers must be >= 0, got {self.shared.layers}")
-        if self.embed_dim <= 0:
-            raise ArchitectureError(f"embed_dim must be positive, got {self.embed_dim}")
+        positive("shared", self.shared, ("layers",), least=0)
+        positive("", None, ("embed_dim",))
         for name, t in (("vision", self.vision), ("text", self.text), ("shared", self.shared)):
             if t.head_dim is not None and (not isinstance(t.head_dim, int) or isinstance(t.head_dim, bool)
                                            or t.head_dim <= 0):
@@ -184,7 +187,10 @@ class Architecture:
             kwargs[key] = typ(**sub)
         if "embed_dim" in d:
             kwargs["embed_dim"] = d["embed_dim"]
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ArchitectureError as e:  # validate() names the field; say whose architecture it is
+            raise ArchitectureError(f"{source}: {e}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Architecture":
@@ -217,8 +223,9 @@ def load_mapping(path: Path) -> dict:
     try:
         text = path.read_text()
         d = json.loads(text) if path.suffix == ".json" else _yaml().safe_load(text)
-    except Exception as e:  # noqa: BLE001 - reported with the file name
-        raise ArchitectureError(f"{path}: cannot parse ({e})") from e
+    except Exception as e:  # noqa: BLE001 - reported with the file name, on one line (YAML's errors span several)
+        why = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise ArchitectureError(f"{path}: cannot parse ({e.__class__.__name__}: {why[:300]})") from None
     if not isinstance(d, dict):
         raise ArchitectureError(f"{path}: expected a mapping at the top level")
     return d

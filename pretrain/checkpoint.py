@@ -169,6 +169,7 @@ def check_files_collective(tag_dir: Path) -> None:
 # ---- writing -----------------------------------------------------------------------------------------------------
 LOW_SPACE = 64 << 20  # bytes; a write that fails with less free than this on its filesystem failed for want of it
 TAG_RE = re.compile(r"step(\d+)")
+LATEST_RE = re.compile(r"(?!\.\.?$)[\w.+-]{1,200}")  # what `latest` may name: one plain folder name
 
 
 def check_out_dir(out_dir: str | Path) -> None:
@@ -181,6 +182,8 @@ def check_out_dir(out_dir: str | Path) -> None:
     import tempfile
 
     from .config import ConfigError
+    if "\0" in str(out_dir):  # pathlib's checks read such a path as missing; the first mkdir would raise ValueError
+        raise ConfigError(f"train.out_dir={str(out_dir)!r} holds a NUL character; set train.out_dir to a folder name")
     out = Path(out_dir).absolute()
     try:
         for p in (out / "checkpoints", out, *out.parents):
@@ -345,7 +348,9 @@ def resolve(path: str | Path) -> tuple[Path, str]:
     for base in (path / "checkpoints", path):
         latest = base / "latest"
         if latest.is_file():
-            tag = latest.read_text().strip()
+            tag = latest.read_bytes().decode("utf-8", errors="replace").strip()
+            if not LATEST_RE.fullmatch(tag):  # a folder name beside it, never a path ('/etc', '..') or garbage
+                raise CheckpointError(f"{latest} names {tag[:80]!r}, not a checkpoint tag (a folder name in {base})")
             if not (base / tag).is_dir():
                 raise CheckpointError(f"{latest} names tag {tag!r}, but {base / tag} does not exist")
             return base, tag
@@ -377,7 +382,27 @@ def read_model_states(tag_dir: Path) -> dict:
     sd = load_checked(f, mmap=False)
     if not isinstance(sd, dict) or CLIENT_KEY not in sd:
         raise CheckpointError(f"{f}: no '{CLIENT_KEY}' client state; not a GrowCLIP checkpoint")
+    check_client(sd[CLIENT_KEY], f)
     return sd
+
+
+CLIENT_TYPES = {"architecture": dict, "step": int, "tokenizer_sha256": str}  # required
+CLIENT_OPTIONAL = {"ema": dict, "growth_history": list, "run_config": dict, "data": (list, dict)}
+
+
+def check_client(client, f: Path) -> None:
+    """The client state's shape, so that a damaged or hand-edited one is one CheckpointError naming the key rather
+    than a KeyError or AttributeError somewhere in the trainer, eval or growth."""
+    if not isinstance(client, dict):
+        raise CheckpointError(f"{f}: the '{CLIENT_KEY}' client state is a {type(client).__name__}, not a mapping")
+    for key, kind in {**CLIENT_TYPES, **CLIENT_OPTIONAL}.items():
+        if key not in client and key in CLIENT_TYPES:
+            raise CheckpointError(f"{f}: the client state has no '{key}'; not a complete GrowCLIP checkpoint")
+        v = client.get(key)
+        if key in client and (not isinstance(v, kind) or isinstance(v, bool)) and not (v is None and key == "ema"):
+            raise CheckpointError(f"{f}: client state '{key}' is {v!r:.60}, not a {getattr(kind, '__name__', kind)}")
+    if not all(isinstance(h, dict) for h in client.get("growth_history") or []):
+        raise CheckpointError(f"{f}: client state 'growth_history' holds a non-mapping entry")
 
 
 def read_client_state(tag_dir: Path) -> dict:
@@ -425,7 +450,12 @@ def full_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
         return _via_universal(tag_dir)
     if zero_files:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
+        try:
+            return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
+        except (ValueError, KeyError, IndexError, RuntimeError) as e:  # a shard missing, shapes that do not add up
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise CheckpointError(f"{tag_dir}: DeepSpeed's zero_to_fp32 cannot merge it ({e.__class__.__name__}: "
+                                  f"{first[:200]})") from None
     sd = torch.load(tag_dir / MODEL_STATES, map_location="cpu", weights_only=True)
     return {k: v.float() for k, v in sd["module"].items()}
 

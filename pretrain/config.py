@@ -7,6 +7,7 @@ Unknown keys and badly typed values stop the run with a message naming the key, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,12 +146,19 @@ class RunConfig:
         return d
 
 
-def _parse_value(text: str):
-    return yaml.safe_load(text)
+def _parse_value(text: str, source: str = "override"):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:  # its message is several lines, with a caret under the column
+        raise ConfigError(f"{source}: the value {text[:80]!r} is not YAML ({str(e).splitlines()[0]})") from None
 
 
 def _set(d: dict, dotted: str, value, source: str) -> None:
     keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"{source}: '{dotted}' has an empty key; write section.key=value")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: '{keys[0]}' is set inside a {type(d).__name__}, not a mapping")
     node = d
     for k in keys[:-1]:
         node = node.setdefault(k, {})
@@ -160,6 +168,9 @@ def _set(d: dict, dotted: str, value, source: str) -> None:
 
 
 def _build_section(cls, values: dict, name: str, source: str):
+    values = {} if values is None else values  # `parallel:` with nothing under it
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: section '{name}' must be a mapping of keys, got {values!r:.80}")
     allowed = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(allowed)
     if unknown:
@@ -170,16 +181,24 @@ def _build_section(cls, values: dict, name: str, source: str):
         default = allowed[k].default if allowed[k].default is not dataclasses.MISSING else None
         if allowed[k].default_factory is list:
             out[k] = list(v) if isinstance(v, (list, tuple)) else [v]
-        elif isinstance(default, bool) or default is None:
+        elif isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise ConfigError(f"{source}: {name}.{k} must be true or false, got {v!r:.80}")
+            out[k] = v
+        elif default is None:
             out[k] = v
         elif isinstance(default, tuple):
             if not isinstance(v, (list, tuple)) or len(v) != len(default):
                 raise ConfigError(f"{source}: {name}.{k} must be a list of {len(default)} numbers, got {v!r}")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+                raise ConfigError(f"{source}: {name}.{k} must be a list of {len(default)} finite numbers, got {v!r}")
             out[k] = tuple(float(x) for x in v)
         elif isinstance(default, (int, float, str)):
             ok = isinstance(v, type(default)) or (isinstance(default, float) and isinstance(v, int))
             if not ok or isinstance(v, bool):
-                raise ConfigError(f"{source}: {name}.{k} must be {type(default).__name__}, got {v!r}")
+                raise ConfigError(f"{source}: {name}.{k} must be {type(default).__name__}, got {v!r:.80}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{source}: {name}.{k} must be a finite number, got {v!r}")
             out[k] = type(default)(v)
         else:
             out[k] = v
@@ -200,7 +219,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} must look like section.key=value")
         key, value = ov.split("=", 1)
-        _set(raw, key, _parse_value(value), f"override {ov!r}")
+        _set(raw, key, _parse_value(value, f"override {ov!r}"), f"override {ov!r}")
     init_from = _init_from(raw, source)
     unknown = set(raw) - {"model", "data", "train", "parallel", "growth"}
     if unknown:

@@ -157,7 +157,7 @@ class GrowingRun:
         self.zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
         try:
             self.stages = load_stages(cfg.data.stages) if cfg.data.stages else []
-        except (StageError, FileNotFoundError) as e:
+        except (StageError, OSError) as e:  # OSError: a missing file, a name too long for the filesystem
             raise ConfigError(f"data.stages: {e}") from e
         self.source = ckpt.resume_dir(cfg.train.out_dir, resume)
         client = ckpt.read_client_state(self.source) if self.source else {}

@@ -47,12 +47,16 @@ def load_ds_config(path: str, overrides: list[str]) -> dict:
     if not f.is_file():
         raise ConfigError(f"--deepspeed_config {path}: no such file")
     try:
-        ds = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON ({e})") from e
+        ds = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested past Python's recursion limit
+        raise ConfigError(f"{path}: invalid JSON ({e.__class__.__name__}: {str(e)[:200]})") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"{path}: a DeepSpeed config is a JSON object, got {type(ds).__name__}")
     for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like ds.key=value")
         key, value = ov[len("ds."):].split("=", 1)
-        _set(ds, key, _parse_value(value), f"override {ov!r}")
+        _set(ds, key, _parse_value(value, f"override {ov!r}"), f"override {ov!r}")
     return ds
 
 
@@ -87,6 +91,8 @@ def _main(args) -> int:
     try:
         cfg = load_run_config(args.config, run_over)
         ds_config = load_ds_config(args.deepspeed_config, ds_over)
+        from pretrain.ds_check import check_ds_config
+        check_ds_config(ds_config, cfg, args.deepspeed_config)
         check_out_dir(cfg.train.out_dir)
         from pretrain.growth_loop import GrowingRun
         run = GrowingRun(cfg, ds_config, resume=args.resume)
@@ -95,13 +101,16 @@ def _main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         leave_process_group()
         return 2
+    from pretrain.data.pipeline import NoUsableData
     from pretrain.trainer import EXIT_PREEMPTED, DivergedError
     try:
         run.train()
-    except (CheckpointError, DivergedError, TokenizerError) as e:  # a failed save (no space left, ...), a NaN loss,
-        # a tokenizer file replaced by garbage under a running job: one
-        # line; the launcher stops the rest
-        print(f"\nerror: {e}", file=sys.stderr, flush=True)  # on a line of its own, after the progress bar
+    except (CheckpointError, DivergedError, TokenizerError, NoUsableData) as e:  # a failed save (no space left,
+        # ...), a NaN loss, a tokenizer file replaced by garbage under a running job, data with no usable sample: one
+        # line; the launcher stops the rest. A loader worker's error comes back wrapped with its traceback: its
+        # last line is the message
+        text = str(e).strip().splitlines()[-1] if str(e).strip() else e.__class__.__name__
+        print(f"\nerror: {text}", file=sys.stderr, flush=True)  # on a line of its own, after the progress bar
         leave_process_group()
         return 2
     return EXIT_PREEMPTED if run.trainer is not None and run.trainer.preempted else 0

@@ -199,16 +199,25 @@ class Trainer:
         self.arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, self.arch.text.context)
         self._check_compatible(client)
-        if cfg.train.eval_every:  # a bad task name stops the run here, not at the first eval
+        tasks = {"train.eval_tasks": cfg.train.eval_tasks if cfg.train.eval_every else None,
+                 "growth.eval_task": cfg.growth.eval_task}  # the search's score; tests/fuzz found it unchecked
+        for key, spec in tasks.items():  # a bad task name stops the run here, not at the first eval or search
+            if spec is None or (key == "growth.eval_task" and spec == ""):  # "": the search scores the loss only
+                continue
             from eval.data import EvalDataError
             from eval.tasks import parse as parse_eval_tasks
             try:
-                parse_eval_tasks(cfg.train.eval_tasks)
+                if not isinstance(spec, str):
+                    raise EvalDataError(f"expected a task name, got {spec!r:.60}")
+                parse_eval_tasks(spec)
             except EvalDataError as e:
-                raise ConfigError(f"train.eval_tasks: {e}") from e
+                raise ConfigError(f"{key}: {e}") from e
         ds_config = prepare_ds_config(ds_config, cfg, universal=bool(resume_dir and ckpt.is_universal(resume_dir)))
-        self.shards = load_shards(cfg.data.shards)
-        self.data_samples = count_samples(self.shards)  # |D|, from the manifests
+        try:
+            self.shards = load_shards(cfg.data.shards)
+            self.data_samples = count_samples(self.shards)  # |D|, from the manifests
+        except (ValueError, OSError) as e:  # a missing or malformed manifest or tar, a cycle, a name too long
+            raise ConfigError(f"data.shards: {e}") from None
         self.data_samples_first = (client or {}).get("data_samples_first", self.data_samples)  # growth's reference
         self.grow_at_samples, self.data_grew = grow_at_samples, False
         self.preempted = False  # train() stopped for SIGUSR1/SIGTERM after saving (EXIT_PREEMPTED)

@@ -85,14 +85,33 @@ def split_spec(spec: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def _read_manifest(path: Path) -> list[dict]:
+    """The "shards" entries of a manifest, checked: ValueError naming the file for one that is not a readable JSON
+    object with a list of {"path": str, "samples": integer >= 0 (optional)} entries."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deep
+        raise ValueError(f"{path}: not a JSON manifest ({e.__class__.__name__}: {str(e)[:200]})") from None
+    entries = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: a manifest is a JSON object with a \"shards\" list")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not entry["path"].strip():
+            raise ValueError(f"{path}: shards[{i}] must be an object with a non-empty \"path\" string, got "
+                             f"{entry!r:.80}")
+        samples = entry.get("samples", 0)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+            raise ValueError(f"{path}: shards[{i}].samples must be an integer >= 0, got {samples!r:.80}")
+    return entries
+
+
 def _from_manifest(path: Path, seen: set[Path]) -> list[tuple[str, int | None]]:
     path = path.resolve()
     if path in seen:
         raise ValueError(f"manifest cycle through {path}")
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
     shards: list[tuple[str, int | None]] = []
-    for entry in manifest["shards"]:
+    for entry in _read_manifest(path):
         if is_remote(entry["path"]):
             remote = _resolve(entry["path"], seen)
             if any(scheme(spec) == "pipe" for spec, _ in remote):
@@ -164,7 +183,7 @@ def _sibling_count(path: str, cache: dict[str, dict[str, int]]) -> int | None:
             for entry in entries:
                 if isinstance(entry, dict) and "samples" in entry and "path" in entry:
                     counts[os.path.realpath(os.path.join(directory, entry["path"]))] = int(entry["samples"])
-        except (OSError, ValueError, AttributeError):  # no manifest, or not one of ours
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):  # no manifest, or not one of ours
             pass
         cache[directory] = counts
     return cache[directory].get(os.path.realpath(path))

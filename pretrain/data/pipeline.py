@@ -103,6 +103,11 @@ READ_BACKOFF = 1.0  # seconds before the first retry, doubled after each further
 HTTP_TIMEOUT = 60.0  # seconds a socket operation of an http(s) read may block
 
 
+class NoUsableData(RuntimeError):
+    """A stream that found no usable sample in BARREN_EPOCHS epochs: every shard it reads is bad (main.py: one
+    line, exit status 2)."""
+
+
 def seed_of(*parts) -> int:
     """A stable 63-bit seed from any printable parts (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
@@ -410,7 +415,7 @@ class _Streams(IterableDataset):
                 images, captions = [], []
             barren = barren + 1 if used == 0 else 0
             if barren >= BARREN_EPOCHS:
-                raise RuntimeError(f"data stream {stream} (rank {ld.stream_rank}, worker {worker}) found no usable "
+                raise NoUsableData(f"data stream {stream} (rank {ld.stream_rank}, worker {worker}) found no usable "
                                    f"sample in {barren} epochs; skipped {dict(skipped)}")
             epoch, skip_items = epoch + 1, 0  # every shard reached so far, then what joins in this epoch
             phases = [phases[-1]] + [count for at, count in later if at == epoch]

@@ -23,8 +23,11 @@ def test_configs_load_and_round_trip(tmp_path, name):
 @pytest.mark.parametrize("change, message", [
     ({"vision": {"width": 100, "heads": 3}}, "vision.width=100 is not divisible by vision.heads=3"),
     ({"vision": {"patch": 5, "image_size": 28}}, "vision.patch=5 does not divide vision.image_size=28"),
-    ({"text": {"layers": 0}}, "text.layers must be a positive number"),
-    ({"shared": {"layers": -1}}, "shared.layers must be >= 0"),
+    ({"text": {"layers": 0}}, "text.layers must be an integer >= 1, got 0"),
+    ({"shared": {"layers": -1}}, "shared.layers must be an integer >= 0, got -1"),
+    ({"vision": {"layers": 2.5}}, "vision.layers must be an integer >= 1, got 2.5"),  # tests/fuzz: accepted before
+    ({"embed_dim": None}, "embed_dim must be an integer >= 1, got None"),  # tests/fuzz: a TypeError before
+    ({"text": {"mlp_ratio": float("nan")}}, "text.mlp_ratio must be a positive finite number, got nan"),
     ({"text": {"vocabulary": 3}}, "text.vocabulary"),
     ({"visual": {}}, "unknown key"),
     ({"text": {"head_dim": 0}}, "text.head_dim must be a positive integer or null, got 0"),
