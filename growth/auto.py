@@ -33,6 +33,7 @@ from . import universal
 from .candidates import Budget, generate
 from .errors import GrowthError
 from .hook import grow_checkpoint
+from .live import pause_for_test
 from .pim import PIM
 from .search import Hyper, SearchConfig, Source, search, table, write_record
 
@@ -129,6 +130,7 @@ def auto_grow(source_tag: Path, out: Path, step: int, shards: list[str], samples
         return str(universal.to_universal(source_tag, work / source_tag.name))
 
     uni = Path(_collective(convert))
+    pause_for_test("converted", uni, dist.get_rank())
     try:
         src = Source.read(uni)
         hyper = Hyper.of_run(src.client.get("run_config") or {}, step)

@@ -24,6 +24,7 @@ from pretrain.parallel.layout import Layout
 
 from . import universal
 from .errors import GrowthError
+from .live import pause_for_test
 from .pim import PIM
 from .plan import plan_growth
 from .space import Moves, check_growth, target_architecture, validate_layout
@@ -60,6 +61,7 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
         if not ckpt.is_universal(src_tag):
             echo(f"converting {src_tag} to universal (ds_to_universal)")
             uni = universal.to_universal(src_tag, work / "source" / src_tag.name)
+            pause_for_test("converted", uni, _rank())
         new_tag = work / "out" / src_tag.name
         new_tag.mkdir(parents=True)
         entry = history_entry(move, src_arch, dst_arch, pim, reset_moments, client["step"], str(src_tag.resolve()),
@@ -69,6 +71,7 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
         shutil.copyfile(tok, new_tag / "tokenizer.model")
         for name in ("latest", "latest_universal"):
             (work / "out" / name).write_text(src_tag.name)
+        pause_for_test("written", new_tag, _rank())
         if out.exists():
             raise GrowthError(f"{out} appeared while growing; the grown checkpoint is not written over it")
         os.rename(work / "out", out)
@@ -77,6 +80,23 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
     from .summary import table
     echo(f"grew {src_tag} ({move or 'no change'}) -> {out / src_tag.name}\n{table(src_arch, dst_arch)}")
     return out / src_tag.name
+
+
+def clear_stale_work(out: str | Path) -> list[Path]:
+    """Remove the temporary folders `.<out name>.tmp-*` beside `out` that growths into `out` (this module's and
+    growth/live.py's) left when they were killed before their rename. Nothing reads them; a run's driver calls
+    this on rank 0 before it grows into `out` again, so that a killed growth does not leave a model-sized folder
+    behind for good. Returns what it removed."""
+    out = Path(out)
+    stale = sorted(out.parent.glob(f".{out.name}.tmp-*")) if out.parent.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
+def _rank() -> int:
+    """The launcher's rank of this process (0 outside a launch): who prints a test pause's marker."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _read_source(source: str | Path) -> tuple[Path, dict, dict]:

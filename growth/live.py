@@ -233,10 +233,14 @@ def _write_model_states(engine, new_tag: Path, client: dict, dst: Architecture, 
 
 
 def pause_for_test(phase: str, what: Path, rank: int) -> None:
-    """Test-only (tests/faults.py): with GROWCLIP_TEST_PAUSE_IN_GROWTH=PHASE:SECONDS every rank sleeps at that
-    phase of a growth, rank 0 printing a PAUSE_MARKER line first, so that a kill can be made to land there:
-    `written` (the grown checkpoint written, not yet renamed into place), `restart` (renamed, the old engine
-    closed, the new one not yet built). Unset or another phase: nothing."""
+    """Test-only (tests/faults.py): with GROWCLIP_TEST_PAUSE_IN_GROWTH=PHASE:SECONDS every rank that gets here
+    sleeps at that phase of a growth, rank 0 printing a PAUSE_MARKER line first, so that a kill can be made to
+    land there. Phases: `search-train` (growth/search.py: a rank's first candidate proxy-trained, the others not
+    yet), `search-gather` (every candidate trained, the records not yet gathered), `converted` (the save
+    converted by ds_to_universal: growth/auto.py on every rank, growth/hook.py on rank 0), `written` (the grown
+    checkpoint written into its temporary folder, not yet renamed into place: here on every rank, growth/hook.py
+    on rank 0), `restart` (pretrain/growth_loop.py: renamed, the old engine closed, the new one not yet built).
+    Unset or another phase: nothing."""
     wanted, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
     if wanted != phase or not seconds:
         return

@@ -53,6 +53,7 @@ from pretrain.schedule import lr_at
 from . import universal
 from .candidates import Budget, Candidate, generate, select
 from .errors import GrowthError
+from .live import pause_for_test
 from .pim import PIM, fresh_init
 from .plan import plan_growth
 from .summary import parameter_counts
@@ -326,9 +327,12 @@ def search(src: Source, shards: list[str], samples: int, g: float, budget: Budge
                          "score": score(result, cand.gflops, base, cfg), "reference": index == 0,
                          "search_rank": rank, "seconds": round(time.time() - t0, 3), "proxy_steps": cfg.proxy_steps,
                          "proxy_batch": cfg.proxy_batch, "heldout_batches": cfg.heldout_batches})
+            if len(mine) == 1:
+                pause_for_test("search-train", Path(f"candidate {index}"), rank)
     finally:
         torch.set_num_threads(threads)
         set_backend(backend)
+    pause_for_test("search-gather", Path(f"{len(mine)} records"), rank)
     gathered = [mine]
     if world > 1:
         gathered = [None] * world

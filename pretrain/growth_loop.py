@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from growth.candidates import Budget
 from growth.errors import GrowthError
-from growth.hook import grow_checkpoint, grown_client, history_entry
+from growth.hook import clear_stale_work, grow_checkpoint, grown_client, history_entry
 from growth.live import grow_live, live_reason, pause_for_test
 from growth.pim import PIM
 from growth.plan import plan_growth
@@ -318,6 +318,9 @@ class GrowingRun:
             self.trainer.data_grew = False  # nothing to do: train on
             return
         pause = {"since": self.trainer.last_step_end or time.perf_counter(), "kind": "checkpoint"}
+        if rank == 0 and (growth is not None or search):  # what a growth at this step killed earlier left
+            for stale in clear_stale_work(self.out / "grown" / f"step{step}"):
+                print(f"removed {stale}, left by a growth that was stopped before it finished", flush=True)
         grown = None
         if growth is not None and self.live_reason(layout.tp, layout.pp) is None:
             grown, pause["kind"] = self._grow_live(growth, samples, pause), "live"
@@ -328,8 +331,6 @@ class GrowingRun:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         resume, tp_pp = self.source, (layout.tp, layout.pp)
-        if grown is not None:
-            pause_for_test("restart", grown, rank)
         if growth is not None:
             resume, tp_pp = grown or self._grow(growth, samples), (growth.tp, growth.pp)
             self.pending.pop(0)
@@ -337,6 +338,8 @@ class GrowingRun:
             grown, result = self._search(step, shards, samples, samples / max(self.reference, 1), layout)
             if grown is not None:
                 resume, tp_pp = grown, (result["winner"]["tp"], result["winner"]["pp"])
+        if resume != self.source:  # grown and renamed into place, the old engine closed, the new one not yet built
+            pause_for_test("restart", resume, rank)
         if resume != self.source or search:  # g is measured from the data at the last search, grown or kept (a
             self.reference = samples          # resume measures it from the last growth: a kept search is not saved)
         if stage is not None:

@@ -377,6 +377,8 @@ class Trainer:
             raise ckpt.CheckpointError(f"DeepSpeed could not load {tag_dir}")
         set_lr(self.engine.lr_scheduler)  # the optimizer's saved lr is that of the save before a growth
         self.step = client["step"]
+        if self.rank == 0:  # which folder a resume took (tests/faults.py checks it is never a half-written one)
+            print(f"trainer: resumed from {tag_dir} at step {self.step}", flush=True)
         self.samples_seen = client.get("samples", self.step * self.cfg.train.micro_batch * self.cfg.train.grad_accum
                                        * self.layout.dp)  # older checkpoints: as if the layout never changed
         self.growth_history = list(client.get("growth_history", []))

@@ -108,6 +108,7 @@ def test_a_kill_inside_a_live_growth_resumes_to_the_same_weights(runs, tiny_data
     assert (run / "grown" / f"step{GROW_AT}").is_dir() == (phase == "restart")
     assert not list((run / "grown").glob(".*tmp*")) or phase == "written"  # a leftover temp folder is never read
     launch(run, tiny_data, *RUN, resume="latest")
+    assert not list((run / "grown").glob(".*"))  # the killed growth's temporary folder is cleared by the next one
     final = ckpt.full_state_dict(run / "checkpoints" / f"step{STEPS:08d}")
     reference = ckpt.full_state_dict(runs / "live" / "checkpoints" / f"step{STEPS:08d}")
     assert final.keys() == reference.keys() and all(torch.equal(final[k], reference[k]) for k in final)
