@@ -24,7 +24,7 @@ from . import master_adamw
 from .arch import Architecture
 from .config import ConfigError, RunConfig
 from .data.manifest import count_samples, first_missing, load_shards
-from .data.pipeline import TrainLoader
+from .data.pipeline import TrainLoader, start_worker_server
 from .data.tokenizer import load_tokenizer
 from .ema import EMA
 from .fp8 import check_fp8, convert_to_fp8
@@ -198,6 +198,8 @@ class Trainer:
         client = states[ckpt.CLIENT_KEY] if states else None
         self.arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, self.arch.text.context)
+        if cfg.data.workers:  # the loader workers' forkserver imports torch while this set-up goes on
+            start_worker_server(self.tokenizer)
         self._check_compatible(client)
         if cfg.train.eval_every:  # a bad task name stops the run here, not at the first eval
             from eval.data import EvalDataError
