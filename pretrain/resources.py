@@ -1,4 +1,4 @@
-"""What this process holds, read from /proc in about a millisecond: the trainer records it per rank at each growth
+"""What this process holds, read from /proc in a few milliseconds: the trainer records it per rank at each growth
 (OUT/growth_pauses.jsonl), so that a run that grows many times in one process shows whether anything piles up.
 Linux only; elsewhere the /proc fields are None."""
 from __future__ import annotations
