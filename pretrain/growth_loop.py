@@ -48,6 +48,7 @@ from . import checkpoint as ckpt
 from .arch import Architecture
 from .config import ConfigError, RunConfig
 from .data.manifest import StageError, count_samples, load_stages
+from .parallel.groups import destroy_groups
 from .parallel.layout import Layout, LayoutError
 from .trainer import Trainer, check_kernel_head_dims, uses_triton
 
@@ -107,16 +108,14 @@ def budget_of(cfg: RunConfig, zero_stage: int) -> Budget:
 
 def close(trainer: Trainer) -> None:
     """Release what a Trainer holds process-wide, so the next one builds its own: the engine (optimizer hooks,
-    ZeRO buffers), DeepSpeed's reference to our mpu and megatron-core's process groups. The caller drops its
-    references to the trainer and collects garbage after."""
-    from deepspeed.utils import groups
-    from megatron.core import parallel_state
-
+    ZeRO buffers) and every process group but the default one (megatron-core's and DeepSpeed's references
+    included; pretrain/parallel/groups.py). The caller drops its references to the trainer and collects garbage
+    after."""
     dist.barrier()
     trainer.engine.destroy()
     trainer.engine = None
-    groups.mpu = None
-    parallel_state.destroy_model_parallel()
+    dist.barrier()  # no rank still uses a group when they go
+    destroy_groups()
 
 
 def grown_after_crash(out: Path, client: dict, latest: bool = False) -> Path | None:

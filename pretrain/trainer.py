@@ -20,11 +20,11 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import master_adamw
+from . import master_adamw, resources
 from .arch import Architecture
 from .config import ConfigError, RunConfig
 from .data.manifest import count_samples, first_missing, load_shards
-from .data.pipeline import TrainLoader
+from .data.pipeline import TrainLoader, start_worker_server
 from .data.tokenizer import load_tokenizer
 from .ema import EMA
 from .fp8 import check_fp8, convert_to_fp8
@@ -198,6 +198,8 @@ class Trainer:
         client = states[ckpt.CLIENT_KEY] if states else None
         self.arch = Architecture.from_dict(client["architecture"]) if client else cfg.model
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, self.arch.text.context)
+        if cfg.data.workers:  # the loader workers' forkserver imports torch while this set-up goes on
+            start_worker_server(self.tokenizer)
         self._check_compatible(client)
         tasks = {"train.eval_tasks": cfg.train.eval_tasks if cfg.train.eval_every else None,
                  "growth.eval_task": cfg.growth.eval_task}  # the search's score; tests/fuzz found it unchecked
@@ -544,10 +546,17 @@ class Trainer:
         return history
 
     def _record_pause(self, now: float) -> None:
+        """Rank 0 appends the growth's record, with what every rank holds now (pretrain/resources.py: memory,
+        descriptors, threads, process groups, descendant processes; one all-gather), to OUT/growth_pauses.jsonl.
+        The heap's free pages go back to the OS first: the set-up freed the grown checkpoint's load buffers, which
+        glibc would keep (docs/reliability.md, "Many growths in one process")."""
         pause, self.pause = self.pause, None
+        resources.release_heap()
+        held = [None] * dist.get_world_size()
+        dist.all_gather_object(held, resources.snapshot())
         if self.rank != 0:
             return
-        record = {"step": self.step, "pause_s": round(now - pause.pop("since"), 3), **pause}
+        record = {"step": self.step, "pause_s": round(now - pause.pop("since"), 3), **pause, "resources": held}
         print(f"trainer: growth pause after step {self.step}: {record['pause_s']:.1f} s "
               f"({', '.join(f'{k} {v}' for k, v in pause.items())})", flush=True)
         with open(self.out / "growth_pauses.jsonl", "a") as f:

@@ -59,6 +59,13 @@ the item count replay relies on is unchanged. After the last failed read the str
 replay re-reads, without decoding, the part of the epoch already consumed); it assumes each shard reads the same
 as before: one that failed then and reads now (or the reverse) shifts that stream's epoch.
 
+Workers start from a forkserver (`worker_context`), never by forking the training process: a rank has threads
+(gloo's, tqdm's monitor, TensorBoard's writer), and a fork copies any lock one of them holds at that moment, which
+can hang the child (seen as a worker stuck in `Popen._launch` while the other rank waits in a collective). The
+server is a fresh, single-threaded interpreter that imports torch, this module and the tokenizer's once
+(`set_forkserver_preload`); each DataLoader forks its workers from it and hands them the dataset pickled (the
+loader, tokenizer included, and the positions): the state they start from is exactly what a fork would copy.
+
 Resume checks the layout: seed, dp_world, workers, shuffle_buffer, order and the shard list (short names, the last
 two path parts, so moving the data is harmless; of a URL, of its path, so another host or port is too). If only
 shards were added (the saved list is contained in the new one, with multiplicity), the saved positions are kept and
@@ -73,6 +80,7 @@ import hashlib
 import http.client
 import io
 import logging
+import multiprocessing
 import random
 import subprocess
 import time
@@ -106,6 +114,26 @@ HTTP_TIMEOUT = 60.0  # seconds a socket operation of an http(s) read may block
 class NoUsableData(RuntimeError):
     """A stream that found no usable sample in BARREN_EPOCHS epochs: every shard it reads is bad (main.py: one
     line, exit status 2)."""
+
+
+def worker_context(tokenizer=None) -> multiprocessing.context.BaseContext | None:
+    """The multiprocessing context DataLoader workers start in: forkserver where the platform has it (module
+    docstring). The server preloads torch, this module and the tokenizer's module; the preload list is read when
+    the server starts (the first call that starts workers, or `start_worker_server`), later calls leave it."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None  # Windows: spawn is the default there, and the only way
+    context = multiprocessing.get_context("forkserver")
+    modules = ["torch", __name__] + ([type(tokenizer).__module__] if tokenizer is not None else [])
+    context.set_forkserver_preload(list(dict.fromkeys(modules)))
+    return context
+
+
+def start_worker_server(tokenizer=None) -> None:
+    """Start the forkserver now, so that its imports (seconds) overlap the caller's set-up rather than delaying
+    the first batch. It is started once per process and serves every later DataLoader."""
+    if worker_context(tokenizer) is not None:
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
 
 
 def seed_of(*parts) -> int:
@@ -511,7 +539,9 @@ class TrainLoader:
             if any(p["later"] for p in self._positions):
                 self._counts(self.shards)  # read once here, not in every worker
             dataset = _Streams(self, [dict(p) for p in self._positions], self._next_worker)
-            batches = iter(DataLoader(dataset, batch_size=None, num_workers=self.workers))
+            context = worker_context(self.tokenizer) if self.workers else None
+            batches = iter(DataLoader(dataset, batch_size=None, num_workers=self.workers,
+                                      multiprocessing_context=context))
             for images, tokens, meta in batches:
                 worker = meta.pop("worker")
                 self._positions[worker] = meta

@@ -3,6 +3,10 @@ pipeline topology, and the `mpu` object that `deepspeed.initialize` takes.
 
 Rank order is tp fastest, then dp, then pp, in both megatron-core ("tp-cp-ep-dp-pp") and DeepSpeed's
 PipeModelDataParallelTopology (axes pipe, data, model). `init_groups` asserts they agree on every rank.
+
+`destroy_groups` undoes it between two trainers of one process (a growth): megatron-core's
+`destroy_model_parallel` only drops its references, and torch keeps every group alive in its own map, each gloo
+group with its sockets and threads (2 ranks: 17 groups, 74 descriptors and 51 threads per trainer).
 """
 from __future__ import annotations
 
@@ -49,6 +53,31 @@ def init_distributed() -> None:
         from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
         deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def live_groups() -> int:
+    """The process groups this process holds, the default one included (torch has no public count)."""
+    return len(dist.distributed_c10d._world.pg_map) if dist.is_initialized() else 0
+
+
+def destroy_groups() -> None:
+    """Destroy every process group but the default one, and forget megatron-core's and DeepSpeed's references to
+    them, so that the next `init_groups` starts from the process as `init_distributed` left it. Only the default
+    group exists before the first `init_groups`; every later one is megatron-core's, DeepSpeed's (clones of the
+    world group it caches, pipeline grids) or ours. Every rank calls it at the same point, after a barrier and
+    after the engine that used the groups is gone."""
+    from deepspeed.utils import groups as ds_groups
+
+    ps.destroy_model_parallel()  # destroys its gloo groups itself, and drops the rest
+    doomed = [g for g in dist.distributed_c10d._world.pg_map if g is not dist.GroupMember.WORLD]
+    ds_groups.mpu = None
+    for name, value in list(vars(ds_groups).items()):  # DeepSpeed caches some groups in module globals
+        if isinstance(value, dist.ProcessGroup) and value in doomed:
+            setattr(ds_groups, name, None)
+        elif isinstance(value, dict) and any(isinstance(v, dist.ProcessGroup) for v in value.values()):
+            value.clear()
+    for group in doomed:
+        dist.destroy_process_group(group)
 
 
 def init_groups(layout: Layout) -> tuple[MegatronMPU, PipeModelDataParallelTopology]:
