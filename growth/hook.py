@@ -44,13 +44,10 @@ def grow_checkpoint(source: str | Path, target: Moves | Architecture | str, out:
         raise GrowthError(f"{out} already exists; growth never writes over a folder, choose a new --out")
     src_tag, states, client = _read_source(source)
     src_arch = Architecture.from_dict(client["architecture"], source=str(src_tag))
-    dst_arch, move = target_architecture(src_arch, target)
-    notes = check_growth(src_arch, dst_arch)
-    validate_layout(dst_arch, layout)  # the ZeRO stage is the resumed run's choice; its trainer checks it
+    dst_arch, move, notes, plan = prepare(src_arch, target, layout, pim)
     if pim.inherit and pim.source == "ema" and not (client.get("ema") or {}).get("shadow"):
         raise GrowthError(f"{src_tag}: PIM source 'ema' but the checkpoint holds no EMA weights; use 'last'")
     tok = _tokenizer(src_tag, tokenizer, client)
-    plan = plan_growth(src_arch, dst_arch, split=pim.split, depth_init=pim.depth_init)
     for note in notes:
         echo(f"warning: {note}")
 
@@ -108,6 +105,17 @@ def _read_source(source: str | Path) -> tuple[Path, dict, dict]:
         raise GrowthError(f"{src_tag / ckpt.MODEL_STATES}: no '{ckpt.CLIENT_KEY}' client state; "
                           f"not a GrowCLIP checkpoint")
     return src_tag, states, client
+
+
+def prepare(src: Architecture, target: Moves | Architecture | str, layout: Layout, pim: PIM
+            ) -> tuple[Architecture, str, list[str], dict]:
+    """(target architecture, the move's text, notes on approximate parts, the plan: a TensorMap per parameter) of
+    a growth of `src`, after its checks: a growth (nothing shrinks), valid at `layout` (the ZeRO stage is the
+    resumed run's choice; its trainer checks it). Shared by the saved path and live growth (growth/live.py)."""
+    dst, move = target_architecture(src, target)
+    notes = check_growth(src, dst)
+    validate_layout(dst, layout)
+    return dst, move, notes, plan_growth(src, dst, split=pim.split, depth_init=pim.depth_init)
 
 
 def history_entry(move: str, src: Architecture, dst: Architecture, pim: PIM, reset_moments: bool, step: int,

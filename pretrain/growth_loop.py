@@ -36,10 +36,9 @@ import torch.distributed as dist
 
 from growth.candidates import Budget
 from growth.errors import GrowthError
-from growth.hook import clear_stale_work, grow_checkpoint, grown_client, history_entry
+from growth.hook import clear_stale_work, grow_checkpoint, grown_client, history_entry, prepare
 from growth.live import grow_live, live_reason, pause_for_test
 from growth.pim import PIM
-from growth.plan import plan_growth
 from growth.search import SearchConfig, reference_samples
 from growth.space import check_growth, target_architecture, validate_layout
 from growth.summary import table
@@ -353,10 +352,7 @@ class GrowingRun:
         started = time.perf_counter()
         src = trainer.arch
         target = Layout.for_world(self.world, g.tp, g.pp)
-        dst, move = target_architecture(src, g.moves)
-        notes = check_growth(src, dst)
-        validate_layout(dst, target)
-        plan = plan_growth(src, dst, split=self.pim.split, depth_init=self.pim.depth_init)
+        dst, move, notes, plan = prepare(src, g.moves, target, self.pim)
         client = trainer.client_state()
         entry = history_entry(move, src, dst, self.pim, False, client["step"], f"live:{self.out}@step{client['step']}",
                               target, notes, {"data_samples": samples})
