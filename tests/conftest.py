@@ -54,7 +54,8 @@ def launch(out_dir: Path, data: dict, *overrides: str, nproc: int = 2, ds_config
     """`deepspeed --num_gpus N pretrain/main.py ...` on the CPU (gloo), as a user runs it. extra_args: launcher-level
     flags of main.py, e.g. ("--tp", "2"); while_running: called with the Popen while the run goes on (its output
     goes to files meanwhile, so a long wait cannot fill a pipe); config, small_model=False: another run config, whose
-    model section is left alone (model.init_from)."""
+    model section is left alone (model.init_from). Loader workers are off (`data.workers=0`) unless the overrides
+    turn them on: tests of the workers ask for them (tests/train/test_deepspeed_runs.py, test_many_growths.py)."""
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
            str(free_port()), "pretrain/main.py", "--config", config, "--deepspeed_config", ds_config,
            *extra_args]
@@ -62,6 +63,7 @@ def launch(out_dir: Path, data: dict, *overrides: str, nproc: int = 2, ds_config
         cmd += ["--resume", resume]
     cmd += [f"data.shards={data['shards']}", f"data.tokenizer={data['tokenizer']}", f"train.out_dir={out_dir}",
             "train.micro_batch=16", "train.log_every=1", "train.warmup=2", "data.shuffle_buffer=200",
+            "data.workers=0",  # no loader processes (nor their forkserver) unless a test asks: start-up dominates here
             *(SMALL_MODEL if small_model else []), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if while_running is None:

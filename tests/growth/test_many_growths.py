@@ -35,7 +35,7 @@ MB_PER_GROWTH, MB_PER_GROWTH_MEAN, BYTES_PER_PARAM = 8.0, 4.0, 48
 @pytest.fixture(scope="module")
 def many(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("many") / "run"
-    launch(run, tiny_data, f"train.steps={STEPS}", "train.warmup=1",
+    launch(run, tiny_data, f"train.steps={STEPS}", "train.warmup=1", "data.workers=1",  # workers stop each time
            f"growth.at_steps=[{','.join(str(s) for s in range(1, STEPS))}]", f"growth.moves=[{','.join(MOVES)}]")
     pauses = [json.loads(line) for line in (run / "growth_pauses.jsonl").read_text().splitlines()]
     return run, pauses

@@ -19,13 +19,14 @@ def runs(tiny_data, tmp_path_factory):
     """One 2N-step run with batch fingerprints, and an N-step run of the same config without them (fp32, ZeRO-2,
     2 ranks, 1 loader worker each)."""
     base = tmp_path_factory.mktemp("runs")
-    launch(base / "full", tiny_data, f"train.steps={2 * N}", "train.fingerprints=true")
-    launch(base / "half", tiny_data, f"train.steps={2 * N}", f"train.stop_after={N}")
+    launch(base / "full", tiny_data, f"train.steps={2 * N}", "train.fingerprints=true", "data.workers=1")
+    launch(base / "half", tiny_data, f"train.steps={2 * N}", f"train.stop_after={N}", "data.workers=1")
     return base
 
 
 def test_exact_resume_matches_uninterrupted_run(runs, tiny_data):
-    launch(runs / "resumed", tiny_data, f"train.steps={2 * N}", "train.fingerprints=true", resume=str(runs / "half"))
+    launch(runs / "resumed", tiny_data, f"train.steps={2 * N}", "train.fingerprints=true", "data.workers=1",
+           resume=str(runs / "half"))
     full, resumed = metrics(runs / "full"), metrics(runs / "resumed")
     assert sorted(resumed) == list(range(N + 1, 2 * N + 1))
     for step in resumed:
@@ -46,7 +47,7 @@ def test_http_shards_resume_exactly_in_a_two_rank_launch(runs, tiny_data, tmp_pa
     try:
         names = sorted(p.name for p in Path(tiny_data["shards"]).glob("shard-*.tar"))
         remote = {**tiny_data, "shards": f"{server.base}/shard-{{{names[0][6:12]}..{names[-1][6:12]}}}.tar"}
-        common = (f"train.steps={2 * N}", "train.fingerprints=true")
+        common = (f"train.steps={2 * N}", "train.fingerprints=true", "data.workers=1")
         launch(tmp_path, remote, *common, f"train.stop_after={N}")
         launch(tmp_path, remote, *common, resume="latest")
     finally:
@@ -79,7 +80,7 @@ def test_universal_checkpoint_resume(runs, tiny_data):
     subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                     str(base / tag), "--output_folder", str(universal)], check=True, capture_output=True)
     assert ckpt.is_universal(universal)
-    launch(runs / "from_universal", tiny_data, f"train.steps={N + 1}", resume=str(universal))
+    launch(runs / "from_universal", tiny_data, f"train.steps={N + 1}", "data.workers=1", resume=str(universal))
     assert abs(metrics(runs / "from_universal")[N + 1]["loss"] - metrics(runs / "full")[N + 1]["loss"]) <= 1e-6
     # the universal fp32 weights are the DeepSpeed checkpoint's weights
     a, b = ckpt.full_state_dict(universal), ckpt.full_state_dict(base / tag)
