@@ -12,7 +12,7 @@
 #   kernels_bench.json (+ .log)         attention vs every SDPA backend, loss vs ClipLoss at B = 16k/32k/64k
 #   kernels_record.json, records.json   the train.kernels=auto record of this GPU, merged into kernels/records.json
 #   e2e_vit-b-16_record.json            the e2e again with that record, when it picks a Triton kernel anywhere
-#   e2e_vit-b-32.json, e2e_vit-l-14.json   optional sizes, while time is left
+#   e2e_vit-b-32.json, e2e_vit-l-14.json   optional sizes, while time is left (clipping 1.0, ZeRO-2 and master_adamw)
 #   profile.txt, profile.json          pretrain.profile_step: our step's phases beside the plain model and OpenCLIP
 #   stages.json, summary.json, bench-gpu.log
 #   bench-gpu.tgz                       when DIR is the device tool's $OUT: all of the above (it returns 8 files)
@@ -127,12 +127,12 @@ if [ "$GPU" = 1 ]; then
       --out "$OUT_DIR/e2e_vit-b-16_noclip.json"
   fi
   if (( $(left) > 150 )); then
-    stage e2e_vit-b-32 150 $PY -m pretrain.bench --device cuda --model vit-b-32 --batch 512 --zero 2 \
-      --out "$OUT_DIR/e2e_vit-b-32.json"
+    stage e2e_vit-b-32 150 $PY -m pretrain.bench --device cuda --model vit-b-32 --batch 512 --zero 2,master \
+      --clip 1.0 --out "$OUT_DIR/e2e_vit-b-32.json"
   fi
   if (( $(left) > 150 )); then
-    stage e2e_vit-l-14 150 $PY -m pretrain.bench --device cuda --model vit-l-14 --batch 128 --zero 2 \
-      --out "$OUT_DIR/e2e_vit-l-14.json"
+    stage e2e_vit-l-14 150 $PY -m pretrain.bench --device cuda --model vit-l-14 --batch 128 --zero 2,master \
+      --clip 1.0 --out "$OUT_DIR/e2e_vit-l-14.json"
   fi
 else
   log "no CUDA GPU: skipping the GPU kernel tests, kernels/bench.py timings and the GPU end-to-end benchmark;" \
