@@ -35,7 +35,7 @@ from . import universal
 from .errors import GrowthError
 from .index_map import TensorMap
 from .pim import PIM, fresh_init
-from .transform import grow_from_source, source_of
+from .transform import grow_from_source, grow_weights
 from .writer import param_shapes, with_grown_ema
 
 SHARDED = ("base_optimizer_state", "param_slice_mappings", "single_partition_of_fp32_groups")  # ds_to_universal's
@@ -222,8 +222,7 @@ def _write_model_states(engine, new_tag: Path, client: dict, dst: Architecture, 
                         ema: dict, init: dict, pim: PIM, meta: torch.nn.Module, uc_info: dict) -> None:
     """The model-states file: DeepSpeed's own metadata of this engine (lr scheduler, step counters, config), the
     grown client state with the grown EMA (writer.py's rule), the grown parameter shapes."""
-    grown_ema = {name: pim.blend(pim.mapped(tmap, source_of(tmap, ema), init[name]), init[name])
-                 for name, tmap in plan.items()} if ema else {}
+    grown_ema = grow_weights(plan, ema, init, pim) if ema else {}
     states = engine._common_checkpoint_state(OrderedDict(), True, False)  # what save_checkpoint writes, less module
     states.update({"module": OrderedDict(), "param_shapes": param_shapes(meta),
                    ckpt.CLIENT_KEY: with_grown_ema(client, grown_ema, pim),
