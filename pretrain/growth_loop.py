@@ -196,12 +196,11 @@ class GrowingRun:
 
     def _check_plan(self, arch: Architecture, start: int) -> None:
         """Every pending written move against the architecture and layout it will meet, before any training."""
+        key = "growth.at_steps" if self.pending else "growth.mode=auto"
         if (self.pending or self.cfg.growth.mode == "auto") and self.zero_stage == 3:
-            key = "growth.at_steps" if self.pending else "growth.mode=auto"
             raise ConfigError(f"{key}: growth reads the model-states file of a ZeRO 0-2 save, which ZeRO-3 "
                               "does not write (nor can a run resume from it); use ds_configs/zero1.json or zero2.json")
         if (self.pending or self.cfg.growth.mode == "auto") and self.cfg.train.optimizer == "master_adamw":
-            key = "growth.at_steps" if self.pending else "growth.mode=auto"
             raise ConfigError(f"{key}: growth reads a universal checkpoint, which ds_to_universal cannot make from "
                               "train.optimizer=master_adamw's ZeRO-0 save; grow with train.optimizer=auto under "
                               "ds_configs/zero1.json or zero2.json")
